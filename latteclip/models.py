@@ -34,7 +34,7 @@ class Clip:
         self.name, self.pretrained, self.device = name, pretrained, torch.device(device)
         self._text_cache = {}
     @property
-    def logit_scale(self)->float: return float(self.model.logit_scale.exp().clamp(max=100))
+    def logit_scale(self)->float: return float(self.model.logit_scale.detach().exp().clamp(max=100))
     @property
     def image_size(self)->int:
         s = self.model.visual.image_size; return s[0] if isinstance(s, (tuple, list)) else int(s)

@@ -93,7 +93,9 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
              val_per_class:int=50, # held-out pre-training images per class for the validation curve
              per_class:int=None, # use at most this many training images per class (quick runs)
              seed:int=0, precision:str="auto", # "bf16", "fp32" or "auto" (bf16 where supported)
-             resume:bool=False, device=None)->dict:
+             resume:bool=False, device=None,
+             stop_after:int=None, # stop (with a checkpoint to resume from) after this epoch
+            )->dict:
     "Pre-train `latteclip-tiny` from scratch; returns the log and writes `out/latteclip-tiny.safetensors` (fp16)."
     out = out_dir(out); seed_everything(seed)
     device = torch.device(device) if device else default_device()
@@ -150,6 +152,8 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
         save_file(model.state_dict(), str(ck) + ".tmp"); os.replace(str(ck) + ".tmp", ck)
         torch.save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch + 1), str(st) + ".tmp"); os.replace(str(st) + ".tmp", st)
         write_json(log, out / "pretrain.json")
+        if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
+            print(f"stopped after epoch {epoch + 1}: continue with resume=True (--resume)"); return log
     log["seconds"] = round(sum(e["seconds"] for e in log["epochs"]), 1); log["peak_rss_mb"] = peak_rss_mb()
     final = out / f"{TINY}.safetensors"
     save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}, str(final),
