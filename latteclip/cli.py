@@ -119,3 +119,5 @@ def main(argv=None)->int:
 def cli():
     "console_scripts wrapper"
     sys.exit(main())
+
+if __name__ == "__main__" and "__file__" in globals(): cli()   # python -m latteclip.cli

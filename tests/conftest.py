@@ -32,5 +32,5 @@ def small_tree(embedded, tmp_path_factory):
 
 def latteclip(*args, cwd=None, timeout=600):
     "Run the real `latteclip` command in a child process."
-    return subprocess.run([sys.executable, "-m", "latteclip.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "latteclip", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env={**os.environ, "LATTECLIP_QUIET": "1"})
