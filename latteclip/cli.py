@@ -13,7 +13,7 @@ from . import __version__
 __all__ = ['METHODS', 'parser', 'main', 'cli']
 
 # %% ../nbs/99_cli.ipynb 5
-METHODS = ["zeroshot"]
+METHODS = ["zeroshot", "latteclip", "flyp-pseudo", "latteclip-class", "latteclip-class-image", "latteclip-uniform", "latteclip-no-zs"]
 
 def _data_args(p):
     g = p.add_argument_group("data")
@@ -29,7 +29,17 @@ def _model_args(p):
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k) or a local checkpoint file; default: shipped weights for latteclip-tiny")
     g.add_argument("--templates", default=None, help="'single' (a photo of a {}.), 'ensemble' (CLIP's 18 prompts) or '|'-separated templates")
     g.add_argument("--device", default=None, help="cpu, cuda, ...; default: CUDA if present")
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--batch-size", type=int, default=256, help="batch size of training and feature extraction")
+
+def _train_args(p):
+    g = p.add_argument_group("training (label-free methods)")
+    g.add_argument("--describer", default="attributes", help="attributes (offline), transformers:<model id> or jsonl:<path>")
+    g.add_argument("--epochs", type=int, default=10); g.add_argument("--lr", type=float, default=5e-5)
+    g.add_argument("--classifier", default="prototypes", choices=["prototypes", "text"], help="how LatteCLIP predicts after training")
+    g.add_argument("--groups-per-class", type=int, default=8, help="collages (group descriptions) per class")
+    g.add_argument("--text-cache", default=None, help="JSONL cache of generated texts (default: ~/.cache/latteclip/texts/texts.jsonl)")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    g.add_argument("--seed", type=int, default=0)
 
 def _shift_for(args):
     from latteclip.data import DEFAULT_SHIFT, EMBEDDED
@@ -43,10 +53,13 @@ def parser()->argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"latteclip {__version__}")
     sub = p.add_subparsers(dest="command", metavar="command")
     r = sub.add_parser("run", help="run a method on a dataset and write metrics.json, predictions.csv and plots")
-    r.add_argument("--method", default="zeroshot", choices=METHODS, help="the method (default: zeroshot)")
-    _data_args(r); _model_args(r)
+    r.add_argument("--method", default="latteclip", choices=METHODS, help="the method (default: latteclip)")
+    _data_args(r); _model_args(r); _train_args(r)
     r.add_argument("--out", default=None, help="output folder (default: runs/<method>)")
-    r.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("compare", help="several methods on the same data, model, shift and seed: table.md and table.json")
+    c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip", help=f"comma-separated, from {', '.join(METHODS)}; or all")
+    _data_args(c); _model_args(c); _train_args(c)
+    c.add_argument("--out", default="runs/compare")
     b = sub.add_parser("robustness", help="zero-shot top-1 on clean data and under every shift")
     _data_args(b); _model_args(b)
     b.add_argument("--severities", default="3,5", help="comma-separated severities (default 3,5)")
@@ -75,10 +88,27 @@ def _run(args):
         from latteclip.zeroshot import run_zeroshot
         m = run_zeroshot(args.data, args.classes, shift, args.model, args.pretrained, args.templates, out,
                          args.batch_size, args.device, args.download)
+    else:
+        from latteclip.report import run_method, make_describer
+        make_describer(args.describer)
+        m = run_method(args.method, args.data, args.classes, shift, args.model, args.pretrained, args.describer, args.epochs,
+                       args.batch_size, args.lr, out, args.seed, args.device, args.classifier, args.groups_per_class,
+                       args.text_cache, args.resume, args.download)
+        print(f"zero-shot top-1 {m['zeroshot_top1']}% -> {m['method']} {m['top1']}% (text classifier {m['top1_text']}%, prototypes {m['top1_prototypes']}%)")
     top = "n/a (no labels)" if m["top1"] is None else f"{m['top1']}%"
     print(f"{m['method']} on {m['dataset']}{' (' + m['shift'] + ')' if m['shift'] else ''}: top-1 {top}, "
           f"{m['n_images']} images, {m['seconds']}s, {len(m['skipped'])} skipped -> {out}/metrics.json")
     return m
+
+def _compare(args):
+    from latteclip.report import compare, make_describer
+    from latteclip.zeroshot import rows_to_markdown
+    shift = _shift_for(args); out = out_dir(args.out); make_describer(args.describer)
+    rows = compare(args.methods, args.data, args.classes, shift, out, model=args.model, pretrained=args.pretrained,
+                   describer=args.describer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   device=args.device, classifier=args.classifier, groups_per_class=args.groups_per_class,
+                   text_cache=args.text_cache, download=args.download)
+    print((out / "table.md").read_text())
 
 def _robustness(args):
     from latteclip.zeroshot import robustness, rows_to_markdown
@@ -105,6 +135,7 @@ def main(argv=None)->int:
     import logging; logging.getLogger().setLevel(logging.ERROR)
     try:
         if args.command == "run": _run(args)
+        elif args.command == "compare": _compare(args)
         elif args.command == "robustness": _robustness(args)
         elif args.command == "pretrain": _pretrain(args)
         elif args.command == "shifts":

@@ -21,13 +21,13 @@ __all__ = ['load_pixels', 'augment', 'Captioner', 'pretrain']
 def load_pixels(ds, # an `ImageSet`
                 size:int, # side the model expects
                )->np.ndarray:
-    "All images of `ds` as one uint8 array `(N, size, size, 3)` (resized when needed)."
-    from PIL import Image
+    "All images of `ds` as one uint8 array `(N, size, size, 3)`, resized and centre-cropped as CLIP's eval preprocessing does."
+    from torchvision import transforms as TT
+    fit = TT.Compose([TT.Resize(size, interpolation=TT.InterpolationMode.BICUBIC), TT.CenterCrop(size)])
     out = np.empty((len(ds), size, size, 3), np.uint8)
     for i in progress(range(len(ds)), desc="decoding"):
         im = ds.image(i)
-        if im.size != (size, size): im = im.resize((size, size), Image.BICUBIC)
-        out[i] = np.asarray(im)
+        out[i] = np.asarray(im if im.size == (size, size) else fit(im))
     return out
 
 def augment(x:torch.Tensor, # uint8 (B, H, W, 3)
