@@ -89,6 +89,7 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
 # %% ../nbs/16_report.ipynb 9
 def write_report(out, m:dict, hist=None):
     "Write `report.md` (and `curves.png`) for a finished run."
+    import matplotlib.pyplot as plt
     out = Path(out); lines = [f"# {m['method']} on {m['dataset']}" + (f" ({m['shift']})" if m.get("shift") else ""), ""]
     rows = [dict(metric=k, value=m.get(k)) for k in ["top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes",
                                                      "n_images", "n_classes", "seconds", "peak_rss_mb"] if k in m]

@@ -159,7 +159,10 @@ def describe_all(describer, requests:list, cache:TextCache, desc:str="describing
     "Texts of all requests, from the cache when there, else from the describer in batches; returns (texts, calls)."
     keys = [TextCache.key(r.image, describer.id, r.prompt) for r in requests]
     todo = [j for j, k in enumerate(keys) if k not in cache]
-    todo = list({keys[j]: j for j in reversed(todo)}.values())[::-1]      # one call per distinct key
+    seen, first = set(), []
+    for j in todo:                                                        # one call per distinct key, in order
+        if keys[j] not in seen: seen.add(keys[j]); first.append(j)
+    todo = first
     bs = getattr(describer, "batch_size", 8)
     for s in progress(range(0, len(todo), bs), desc=desc, total=(len(todo) + bs - 1) // bs):
         batch = [requests[j] for j in todo[s:s + bs]]

@@ -109,6 +109,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              texts, # `Texts` (stage 2)
              cfg:TrainConfig=None, out=None, # checkpoint folder (None: no checkpoints)
              resume:bool=False, evaluate=None, # optional callback(clip, prototypes) -> dict, after each epoch
+             stop_after:int=None, # stop after this epoch (a checkpoint to resume from stays in `out`)
             )->tuple:
     "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`."
     cfg = cfg or TrainConfig(); seed_everything(cfg.seed)
@@ -164,6 +165,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
         clip._text_cache.clear(); model.eval()
         if evaluate is not None: hist.eval.append(evaluate(clip, P))
         if out is not None: _save(out, model, P, opt, sched, epoch + 1, hist)
+        if stop_after is not None and epoch + 1 >= stop_after: break
     model.eval(); clip._text_cache.clear()
     return P, hist
 

@@ -53,9 +53,11 @@ def _local_first(model_id:str, folder:Path|None, load):
     import transformers
     try:
         try: return load(str(folder) if folder else model_id, True)
-        except OSError as e:
-            if folder: raise LatteError(f"The folder {folder} does not hold a complete image-text-to-text model ({_first_line(e)}): "
-                                        "save model and processor there with save_pretrained.") from None
+        except (OSError, ValueError) as e:
+            if folder: raise LatteError(f"The folder {folder} does not hold an image-text-to-text model that transformers "
+                                        f"{transformers.__version__} can load ({_first_line(e)}): save model and processor there "
+                                        "with save_pretrained.") from None
+            if isinstance(e, ValueError): raise
             if _offline(): raise LatteError(f"The model {model_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
                                             "pass a local folder with the model's files, or unset HF_HUB_OFFLINE to download it.") from None
             _hub_knows(model_id)
@@ -81,6 +83,7 @@ def load_vlm(model_id:str, # a Hub id (llava-hf/llava-v1.6-mistral-7b-hf) or a f
     if load_in_4bit: _check_4bit()
     folder = _local_folder(model_id)
     import torch, transformers
+    if os.environ.get("LATTECLIP_QUIET", "0") == "1": transformers.utils.logging.disable_progress_bar()
     dev = None if (device_map or load_in_4bit) else (torch.device(device) if device else default_device())
     kw = {"dtype": "auto" if dtype == "auto" and (dev is None or dev.type == "cuda") else
                    getattr(torch, "float32" if dtype == "auto" else dtype)}

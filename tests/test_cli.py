@@ -15,8 +15,8 @@ def test_help_lists_commands():
         assert c in r.stdout
 
 
-def test_default_run_is_zero_shot_on_embedded_fog(tmp_path):
-    r = latteclip("run", "--out", tmp_path / "out")
+def test_zero_shot_on_embedded_fog(tmp_path):
+    r = latteclip("run", "--method", "zeroshot", "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert FIELDS <= set(m) and m["method"] == "zeroshot" and m["dataset"] == "cifar10-target" and m["shift"] == "fog:5"
@@ -29,7 +29,7 @@ def test_default_run_is_zero_shot_on_embedded_fog(tmp_path):
 
 
 def test_image_folder_with_shift(small_tree, tmp_path):
-    r = latteclip("run", "--data", small_tree, "--shift", "gaussian_blur:3", "--out", tmp_path / "o", "--templates", "ensemble")
+    r = latteclip("run", "--method", "zeroshot", "--data", small_tree, "--shift", "gaussian_blur:3", "--out", tmp_path / "o", "--templates", "ensemble")
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["n_images"] == 60 and m["n_classes"] == 3 and m["shift"] == "gaussian_blur:3" and m["top1"] is not None
@@ -38,7 +38,7 @@ def test_image_folder_with_shift(small_tree, tmp_path):
 def test_flat_folder_predictions_only(embedded, tmp_path):
     flat = write_images(embedded, range(0, 5000, 250), tmp_path / "flat", layout="flat")
     (flat / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    r = latteclip("run", "--data", flat, "--classes", ",".join(embedded.classes), "--out", tmp_path / "o")
+    r = latteclip("run", "--method", "zeroshot", "--data", flat, "--classes", ",".join(embedded.classes), "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["top1"] is None and m["per_class_mean"] is None and m["n_images"] == 20

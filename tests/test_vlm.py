@@ -1,0 +1,93 @@
+"""The `transformers` describer on tiny randomly initialised models of real families: real `generate` calls, no mocks."""
+import json, subprocess, sys
+import pytest, torch
+from latteclip.core import LatteError
+from latteclip.texts import Request, collage, IMAGE_PROMPT, GROUP_PROMPT, TextCache, describe_all
+from latteclip.vlm import TransformersDescriber, tiny_vlm
+
+
+@pytest.fixture(scope="module")
+def reqs(embedded):
+    "Two real images and a collage of four real birds."
+    def one(i):
+        name = embedded.classes[embedded.labels[i]]
+        return Request("image", embedded.image(i), name, IMAGE_PROMPT.format(name=name, domain=""), embedded.keys[i])
+    birds = [i for i in range(len(embedded)) if embedded.classes[embedded.labels[i]] == "bird"][:4]
+    group = Request("group", collage([embedded.image(i) for i in birds]), "bird", GROUP_PROMPT.format(name="bird", domain=""))
+    return [one(0), one(1000), group]
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vlm") / "tiny-llava"
+    tiny_vlm("llava", save_to=path)
+    return path
+
+
+class Counting(TransformersDescriber):
+    "Counts its `describe` calls and the requests they carried."
+    calls = seen = 0
+    def describe(self, requests):
+        self.calls += 1; self.seen += len(requests)
+        return super().describe(requests)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_tiny_model_by_path_describes_greedily_within_budget(family, llava_dir, reqs, tmp_path):
+    path = llava_dir if family == "llava" else tmp_path / "tiny-qwen2-vl"
+    if family != "llava": tiny_vlm(family, save_to=path)
+    d = TransformersDescriber(str(path), batch_size=2, max_new_tokens=5, device="cpu")
+    assert d._model is None and d.id == f"transformers:{path}:5"          # nothing loaded before a text is needed
+    texts = d.describe(reqs)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert type(d.model).__name__ == {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration"}[family]
+    assert d.processor.tokenizer.padding_side == "left"
+    assert d.describe(reqs) == texts                                       # greedy: deterministic
+    ids = d.generate(reqs)
+    assert all(1 <= len(i) <= 5 for i in ids)                              # at most max_new_tokens new tokens
+    assert [t.strip() for t in d.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)] == texts
+    assert [d.describe([r])[0] for r in reqs] == texts                     # left padding: batching changes nothing
+
+
+def test_text_cache_second_run_makes_no_call(llava_dir, reqs, tmp_path):
+    path = tmp_path / "texts.jsonl"
+    d = Counting(str(llava_dir), batch_size=2, max_new_tokens=5, device="cpu")
+    texts, n = describe_all(d, reqs + reqs[:1], TextCache(path))          # 4 requests, 3 distinct
+    assert (d.calls, d.seen, n) == (2, 3, 3) and texts[3] == texts[0]
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(recs) == 3 and len({r["key"] for r in recs}) == 3 and {r["describer"] for r in recs} == {d.id}
+    assert sorted(r["kind"] for r in recs) == ["group", "image", "image"]
+    warm = Counting(str(llava_dir), batch_size=2, max_new_tokens=5, device="cpu")
+    texts2, n2 = describe_all(warm, reqs + reqs[:1], TextCache(path))
+    assert (warm.calls, n2) == (0, 0) and texts2 == texts and warm._model is None    # no call, no model loaded
+    other = Counting(str(llava_dir), batch_size=4, max_new_tokens=3, device="cpu")   # another id: its own texts
+    describe_all(other, reqs, TextCache(path))
+    assert other.calls == 1 and len(TextCache(path)) == 6
+
+
+def test_passed_model_and_processor(reqs):
+    model, proc = tiny_vlm("llava", seed=1)
+    d = TransformersDescriber("my-tiny-llava", max_new_tokens=4, model=model, processor=proc)
+    assert d.id == "transformers:my-tiny-llava:4" and len(d.describe(reqs[:2])) == 2 and d.describe([]) == []
+
+
+def test_user_mistakes_are_one_sentence(tmp_path, reqs):
+    with pytest.raises(LatteError, match="local folder"):                  # unknown id: fails in seconds, no retries
+        TransformersDescriber("nobody-here/no-such-vlm-for-latteclip").describe(reqs[:1])
+    with pytest.raises(LatteError, match="does not exist"):
+        TransformersDescriber(str(tmp_path / "no" / "such" / "folder"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LatteError, match="does not hold"):
+        TransformersDescriber(str(tmp_path / "empty")).load()
+    with pytest.raises(LatteError, match="dtype"):
+        TransformersDescriber("x/y", dtype="float8")
+    with pytest.raises(LatteError, match="family"):
+        tiny_vlm("gpt2")
+    if not torch.cuda.is_available():
+        with pytest.raises(LatteError, match="4-bit"):
+            TransformersDescriber("llava-hf/llava-v1.6-mistral-7b-hf", load_in_4bit=True)
+
+
+def test_import_does_not_load_transformers():
+    code = "import sys, latteclip.vlm; assert 'transformers' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
