@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 from matplotlib import colors as mcolors
-from .core import LatteError, progress, seed_from, asset
+from .core import LatteError, progress, seed_from, asset, stable_hash
 
 # %% auto 0
 __all__ = ['IMG_EXTS', 'SHIFTS', 'MAX_PIXELS', 'EMBEDDED', 'DEFAULT_SHIFT', 'TORCHVISION', 'is_image_name', 'FolderReader',
@@ -196,6 +196,9 @@ class ImageSet(torch.utils.data.Dataset):
         "The i-th image, decoded and shifted, before `transform`."
         img = decode_image(self.reader.read(self.keys[i]))
         return self.shift(img) if self.shift is not None else img
+    def content_key(self, i:int)->str:
+        "A hash of the i-th file's bytes and the shift: the same picture gets the same key wherever it lives."
+        return stable_hash(self.reader.read(self.keys[i]), str(self.shift))
     def __getitem__(self, i):
         img = self.image(i)
         return (self.transform(img) if self.transform is not None else img), self.labels[i], i

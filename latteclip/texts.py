@@ -27,11 +27,20 @@ GROUP_PROMPT = ("These four {domain}photos all show a {name}. In one short sente
 @dataclass
 class Request:
     "One text to produce: an image (single or collage), the class name it shows, and the prompt."
-    kind: str            # "image" or "group"
-    image: Image.Image
-    name: str            # the pseudo-label's class name
+    kind: str                  # "image" or "group"
+    image: Image.Image | None  # the picture, or None to `load` it only when the cache misses
+    name: str                  # the pseudo-label's class name
     prompt: str
-    key: str = ""        # the image's file key (for the jsonl backend)
+    key: str = ""              # the image's file key (for the jsonl backend)
+    content: str = ""          # a hash of the file bytes (and shift) behind the picture; default: of its pixels
+    load: object = None        # a callable that makes the picture
+    def get_image(self)->Image.Image:
+        if self.image is None: self.image = self.load()
+        return self.image
+    def cache_key(self, describer_id:str)->str:
+        "The cache key: the picture's content, the describer and the prompt."
+        content = self.content or stable_hash(np.asarray(self.get_image().convert("RGB")), self.get_image().size)
+        return stable_hash(content, describer_id, self.prompt, n=24)
 
 # %% ../nbs/11_texts.ipynb 7
 COLLAGE, GAP = 672, 20
@@ -73,8 +82,8 @@ class AttributeDescriber:
     def describe(self, requests:list)->list:
         out = []
         for r in requests:
-            if r.kind == "group": out.append(describe_shared(measure(np.stack([_small(t) for t in tiles(r.image)])), r.name))
-            else: out.append(describe_attributes(measure(_small(r.image)), 0, r.name))
+            if r.kind == "group": out.append(describe_shared(measure(np.stack([_small(t) for t in tiles(r.get_image())])), r.name))
+            else: out.append(describe_attributes(measure(_small(r.get_image())), 0, r.name))
         return out
 
 # %% ../nbs/11_texts.ipynb 11
@@ -131,9 +140,6 @@ class TextCache:
             if not line.strip(): continue
             try: rec = json.loads(line); self.texts[rec["key"]] = rec["text"]
             except (json.JSONDecodeError, KeyError, TypeError): raise LatteError(f"The text cache {self.path} is damaged at line {n}: delete that line or the file.") from None
-    @staticmethod
-    def key(image:Image.Image, describer_id:str, prompt:str)->str:
-        return stable_hash(np.asarray(image.convert("RGB")), image.size, describer_id, prompt, n=24)
     def __contains__(self, k): return k in self.texts
     def __len__(self): return len(self.texts)
     def add(self, k:str, text:str, **meta):
@@ -157,7 +163,7 @@ class Texts:
 
 def describe_all(describer, requests:list, cache:TextCache, desc:str="describing")->tuple:
     "Texts of all requests, from the cache when there, else from the describer in batches; returns (texts, calls)."
-    keys = [TextCache.key(r.image, describer.id, r.prompt) for r in requests]
+    keys = [r.cache_key(describer.id) for r in requests]
     todo = [j for j, k in enumerate(keys) if k not in cache]
     seen, first = set(), []
     for j in todo:                                                        # one call per distinct key, in order
@@ -166,6 +172,7 @@ def describe_all(describer, requests:list, cache:TextCache, desc:str="describing
     bs = getattr(describer, "batch_size", 8)
     for s in progress(range(0, len(todo), bs), desc=desc, total=(len(todo) + bs - 1) // bs):
         batch = [requests[j] for j in todo[s:s + bs]]
+        for r in batch: r.get_image()
         for j, t in zip(todo[s:s + bs], describer.describe(batch)):
             cache.add(keys[j], t.strip(), describer=describer.id, kind=requests[j].kind)
     return [cache.texts[k] for k in keys], len(todo)
@@ -182,9 +189,10 @@ def synthetic_texts(ds, # the unlabeled `ImageSet` (shifted images as the model 
     dom = f"{domain} " if domain else ""
     class_texts = [template.format(c) for c in ds.classes]
     image_texts, calls = [class_texts[l] for l in labels], 0
+    content = [ds.content_key(i) for i in range(len(ds))] if kinds else []
     if "image" in kinds:
-        reqs = [Request("image", ds.image(i), ds.classes[labels[i]], IMAGE_PROMPT.format(name=ds.classes[labels[i]], domain=dom), ds.keys[i])
-                for i in progress(range(len(ds)), desc="loading images")]
+        reqs = [Request("image", None, ds.classes[labels[i]], IMAGE_PROMPT.format(name=ds.classes[labels[i]], domain=dom), ds.keys[i],
+                        content[i], (lambda i=i: ds.image(i))) for i in range(len(ds))]
         image_texts, calls = describe_all(describer, reqs, cache, "image descriptions")
     groups = [[] for _ in range(K)]; group_texts = [[class_texts[k]] for k in range(K)]
     if "group" in kinds:
@@ -194,7 +202,8 @@ def synthetic_texts(ds, # the unlabeled `ImageSet` (shifted images as the model 
             if len(members) == 0: continue
             for _ in range(groups_per_class):
                 g = rng.choice(members, 4, replace=len(members) < 4).tolist(); groups[k].append(g)
-                reqs.append(Request("group", collage([ds.image(i) for i in g]), ds.classes[k], GROUP_PROMPT.format(name=ds.classes[k], domain=dom)))
+                reqs.append(Request("group", None, ds.classes[k], GROUP_PROMPT.format(name=ds.classes[k], domain=dom), "",
+                                    stable_hash(*[content[i] for i in g]), (lambda g=g: collage([ds.image(i) for i in g]))))
                 owners.append(k)
         texts, c = describe_all(describer, reqs, cache, "group descriptions"); calls += c
         for k in range(K):

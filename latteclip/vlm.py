@@ -228,7 +228,7 @@ class TransformersDescriber:
 
     def conversation(self, r)->list:
         "The one-turn chat of request `r`: the image and the prompt."
-        return [{"role": "user", "content": [{"type": "image", "image": r.image.convert("RGB")}, {"type": "text", "text": r.prompt}]}]
+        return [{"role": "user", "content": [{"type": "image", "image": r.get_image().convert("RGB")}, {"type": "text", "text": r.prompt}]}]
 
     def inputs(self, requests:list):
         "The model inputs of a batch: chat template, image tokens, pixels; left-padded, on the model's device."
