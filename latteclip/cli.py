@@ -60,6 +60,9 @@ def parser()->argparse.ArgumentParser:
     c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip", help=f"comma-separated, from {', '.join(METHODS)}; or all")
     _data_args(c); _model_args(c); _train_args(c)
     c.add_argument("--out", default="runs/compare")
+    bb = sub.add_parser("bench", help="speed and memory ratios against plain baselines: bench.json")
+    bb.add_argument("--out", default="runs/bench"); bb.add_argument("--n", type=int, default=1000, help="images for the scaling and cache measurements")
+    bb.add_argument("--quick", action="store_true", help="fewer steps and epochs (a smoke run)")
     b = sub.add_parser("robustness", help="zero-shot top-1 on clean data and under every shift")
     _data_args(b); _model_args(b)
     b.add_argument("--severities", default="3,5", help="comma-separated severities (default 3,5)")
@@ -136,6 +139,9 @@ def main(argv=None)->int:
     try:
         if args.command == "run": _run(args)
         elif args.command == "compare": _compare(args)
+        elif args.command == "bench":
+            from latteclip.bench import bench
+            print(json.dumps(bench(args.out, args.n, quick=args.quick), indent=2))
         elif args.command == "robustness": _robustness(args)
         elif args.command == "pretrain": _pretrain(args)
         elif args.command == "shifts":
