@@ -69,8 +69,8 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
                       [[TEMPLATE.format(c)] for c in ds.classes], [[] for _ in ds.classes])
     evaluate = None
     if ds.has_labels:                                                         # accuracy curve only
-        def evaluate(c, P):
-            r = predict(c, train, texts, P)
+        def evaluate(c, P, feats):
+            r = predict(c, train, texts, P, feats)
             return {k: scores(v.argmax(1).numpy(), ds.labels, len(ds.classes))["top1"] for k, v in r.items()}
     P, hist = finetune(clip, train, pl.labels, texts, cfg, out / "checkpoints", resume, evaluate)   # stages 3-5
     logits = predict(clip, train, texts, P)

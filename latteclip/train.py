@@ -17,7 +17,8 @@ from .prototypes import Prototypes
 from .mixer import text_weights, mix, targets, KINDS
 
 # %% auto 0
-__all__ = ['TrainConfig', 'History', 'TextBank', 'clip_loss', 'latteclip_loss', 'flyp_loss', 'finetune', 'predict']
+__all__ = ['TrainConfig', 'History', 'TextBank', 'encode_pixels', 'clip_loss', 'latteclip_loss', 'flyp_loss', 'finetune',
+           'predict']
 
 # %% ../nbs/15_train.ipynb 5
 @dataclass
@@ -64,6 +65,15 @@ class TextBank:
         return f[inv.to(device)]
 
 # %% ../nbs/15_train.ipynb 9
+@torch.no_grad()
+def encode_pixels(clip, pixels:torch.Tensor, # uint8 (N, H, W, 3)
+                  norm, batch_size:int=512)->torch.Tensor:
+    "L2-normalised image features `(N, D)` of images already in memory (no augmentation)."
+    clip.model.eval()
+    return torch.cat([clip.model.encode_image(norm(pixels[i:i + batch_size].permute(0, 3, 1, 2).float() / 255.).to(clip.device),
+                                              normalize=True).float().cpu() for i in range(0, len(pixels), batch_size)])
+
+# %% ../nbs/15_train.ipynb 11
 def clip_loss(f:torch.Tensor, t:torch.Tensor, scale:torch.Tensor)->torch.Tensor:
     "The symmetric contrastive loss of CLIP between image features `f` and text targets `t`, both `(B, D)`."
     logits = scale * f @ t.T                                                       # (B, B)
@@ -95,7 +105,7 @@ def flyp_loss(model, f, y_zs, bank:TextBank):
     g_cls = bank.encode(model, bank.cls, f.device)                                 # (K, D)
     return clip_loss(f, g_cls[y_zs], model.logit_scale.exp())
 
-# %% ../nbs/15_train.ipynb 11
+# %% ../nbs/15_train.ipynb 13
 def _save(out, model, P, opt, sched, epoch, hist):
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     if P is not None: sd["__prototypes__"] = P.P.contiguous()
@@ -108,7 +118,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              y_zs:torch.Tensor, # (N,) zero-shot pseudo-labels (stage 1)
              texts, # `Texts` (stage 2)
              cfg:TrainConfig=None, out=None, # checkpoint folder (None: no checkpoints)
-             resume:bool=False, evaluate=None, # optional callback(clip, prototypes) -> dict, after each epoch
+             resume:bool=False, evaluate=None, # optional callback(clip, prototypes, feats) -> dict, after each epoch
              stop_after:int=None, # stop after this epoch (a checkpoint to resume from stays in `out`)
             )->tuple:
     "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`."
@@ -163,13 +173,13 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
         hist.agreement.append(float(np.mean(agree)) if agree else None)
         if P is not None: hist.prototypes.append(P.P.cpu().clone())
         clip._text_cache.clear(); model.eval()
-        if evaluate is not None: hist.eval.append(evaluate(clip, P))
+        if evaluate is not None: hist.eval.append(evaluate(clip, P, encode_pixels(clip, pixels, norm)))
         if out is not None: _save(out, model, P, opt, sched, epoch + 1, hist)
         if stop_after is not None and epoch + 1 >= stop_after: break
     model.eval(); clip._text_cache.clear()
     return P, hist
 
-# %% ../nbs/15_train.ipynb 13
+# %% ../nbs/15_train.ipynb 15
 @torch.no_grad()
 def predict(clip, ds, texts, P:Prototypes=None, feats:torch.Tensor=None)->dict:
     "Logits `(N, K)` of the text classifier (`'text'`) and, when given, the prototypes (`'prototypes'`)."
