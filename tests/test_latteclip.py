@@ -124,3 +124,30 @@ def test_labels_never_read_flat_equals_tree(embedded, tmp_path):
         assert m[k] is not None
     assert (tmp_path / "o1" / "report.md").exists() and (tmp_path / "o1" / "curves.png").exists()
     assert json.loads((tmp_path / "o2" / "metrics.json").read_text())["top1"] is None
+
+
+def test_attention_rollout_by_hand(embedded):
+    "Rollout from the hooks equals rollout from attention recomputed by hand from each block's weights."
+    from latteclip.mixer import attention_rollout
+    from latteclip.core import LatteError
+    clip = load_clip(device="cpu"); v = clip.model.visual
+    x = torch.stack([clip.preprocess(embedded.image(i)) for i in range(3)])
+    with torch.no_grad(): ref = clip.model.encode_image(x)
+    got = attention_rollout(clip, x)
+    assert got.shape == (3, 8, 8) and (got >= 0).all() and (got.sum((1, 2)) < 1).all()
+    with torch.no_grad(): assert torch.equal(clip.model.encode_image(x), ref)         # hooks gone, output unchanged
+    ins = []
+    hs = [b.ln_1.register_forward_hook(lambda m, a, o: ins.append(o)) for b in v.transformer.resblocks]
+    with torch.no_grad(): clip.model.encode_image(x)
+    for h in hs: h.remove()
+    R = torch.eye(65).expand(3, 65, 65)
+    for b, h in zip(v.transformer.resblocks, ins):
+        a = b.attn; H = a.num_heads; d = h.shape[-1] // H
+        q, k, _ = F.linear(h, a.in_proj_weight, a.in_proj_bias).chunk(3, -1)
+        q, k = (t.reshape(3, 65, H, d).transpose(1, 2) for t in (q, k))
+        A = ((q @ k.transpose(-1, -2)) / d ** 0.5).softmax(-1).mean(1)            # heads averaged
+        A = 0.5 * A + 0.5 * torch.eye(65)
+        R = (A / A.sum(-1, keepdim=True)) @ R
+    assert torch.allclose(got, R[:, 0, 1:].reshape(3, 8, 8), atol=1e-5)
+    with pytest.raises(LatteError, match="vision transformer"):
+        attention_rollout(load_clip("RN50", "random", "cpu"), torch.randn(1, 3, 224, 224))
