@@ -63,6 +63,7 @@ def parser()->argparse.ArgumentParser:
     bb = sub.add_parser("bench", help="speed and memory ratios against plain baselines: bench.json")
     bb.add_argument("--out", default="runs/bench"); bb.add_argument("--n", type=int, default=1000, help="images for the scaling and cache measurements")
     bb.add_argument("--quick", action="store_true", help="fewer steps and epochs (a smoke run)")
+    bb.add_argument("--models", default="latteclip-tiny,ViT-B-32", help="comma-separated open_clip models (random init unless tiny)")
     b = sub.add_parser("robustness", help="zero-shot top-1 on clean data and under every shift")
     _data_args(b); _model_args(b)
     b.add_argument("--severities", default="3,5", help="comma-separated severities (default 3,5)")
@@ -141,7 +142,7 @@ def main(argv=None)->int:
         elif args.command == "compare": _compare(args)
         elif args.command == "bench":
             from latteclip.bench import bench
-            print(json.dumps(bench(args.out, args.n, quick=args.quick), indent=2))
+            print(json.dumps(bench(args.out, args.n, models=tuple(args.models.split(",")), quick=args.quick), indent=2))
         elif args.command == "robustness": _robustness(args)
         elif args.command == "pretrain": _pretrain(args)
         elif args.command == "shifts":

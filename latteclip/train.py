@@ -11,7 +11,7 @@ import numpy as np
 import torch, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from .core import LatteError, progress, seed_everything, generator, out_dir, write_json
-from .models import encode_images, encode_texts
+from .models import encode_images, encode_texts, encode_tokens
 from .pretrain import load_pixels, augment, _normalizer, _param_groups, _bf16_ok
 from .prototypes import Prototypes
 from .mixer import text_weights, mix, targets, KINDS
@@ -61,7 +61,7 @@ class TextBank:
     def encode(self, model, idx:torch.Tensor, device)->torch.Tensor:
         "Normalised features of the texts `idx` (any shape), each distinct text encoded once."
         uniq, inv = torch.unique(idx, return_inverse=True)
-        f = model.encode_text(self.tokens[uniq].to(device), normalize=True)
+        f = encode_tokens(model, self.tokens[uniq].to(device))
         return f[inv.to(device)]
 
 # %% ../nbs/15_train.ipynb 9
@@ -70,7 +70,7 @@ def encode_pixels(clip, pixels:torch.Tensor, # uint8 (N, H, W, 3)
                   norm, batch_size:int=512)->torch.Tensor:
     "L2-normalised image features `(N, D)` of images already in memory (no augmentation)."
     clip.model.eval()
-    return torch.cat([clip.model.encode_image(norm(pixels[i:i + batch_size].permute(0, 3, 1, 2).float() / 255.).to(clip.device),
+    return torch.cat([clip.model.encode_image(norm(pixels[i:i + batch_size].permute(0, 3, 1, 2).float().contiguous() / 255.).to(clip.device),
                                               normalize=True).float().cpu() for i in range(0, len(pixels), batch_size)])
 
 # %% ../nbs/15_train.ipynb 11
@@ -120,6 +120,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              cfg:TrainConfig=None, out=None, # checkpoint folder (None: no checkpoints)
              resume:bool=False, evaluate=None, # optional callback(clip, prototypes, feats) -> dict, after each epoch
              stop_after:int=None, # stop after this epoch (a checkpoint to resume from stays in `out`)
+             on_step=None, # optional callback(epoch, step, loss) after each optimizer step (used by the benchmark)
             )->tuple:
     "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`."
     cfg = cfg or TrainConfig(); seed_everything(cfg.seed)
@@ -153,7 +154,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
         bar = progress(perm, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}")
         for idx in bar:
             x = pixels[idx]
-            x = augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float() / 255.
+            x = augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.
             x = norm(x).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
                 f = model.encode_image(x, normalize=True)                                   # (B, D)
@@ -169,6 +170,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
             with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
             if P is not None: P.update(mixed.float(), labs)
             losses.append(loss.item()); bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+            if on_step is not None: on_step(epoch, len(losses), losses[-1])
         hist.loss.append(float(np.mean(losses))); hist.seconds.append(round(time.time() - t0, 2))
         hist.agreement.append(float(np.mean(agree)) if agree else None)
         if P is not None: hist.prototypes.append(P.P.cpu().clone())

@@ -60,3 +60,19 @@ def test_templates():
     assert templates_for(None) == ["a photo of a {}."] and len(templates_for("ensemble")) == 18
     with pytest.raises(LatteError):
         templates_for("no placeholder")
+
+
+@pytest.mark.parametrize("name", ["latteclip-tiny", "ViT-B-32"])
+def test_trimmed_text_encoding_equals_open_clip(name):
+    "Running the text tower only up to the longest end token gives open_clip's features and gradients."
+    from latteclip.models import encode_tokens
+    clip = load_clip(name, None, "cpu"); m = clip.model
+    toks = clip.tokenizer(["a photo of a cat.", "a blurry photo of a small red truck on a grey background!", "dog"])
+    assert int(toks.argmax(-1).max()) + 1 < toks.shape[1]                     # the trimming really trims
+    with torch.no_grad(): assert torch.allclose(encode_tokens(m, toks), m.encode_text(toks, normalize=True), atol=1e-5)
+    grads = []
+    for fn in (lambda: encode_tokens(m, toks), lambda: m.encode_text(toks, normalize=True)):
+        w = torch.randn(toks.shape[0], m.text_projection.shape[1], generator=torch.Generator().manual_seed(0))
+        m.zero_grad(); (fn() * w).sum().backward()
+        grads.append(m.transformer.resblocks[0].attn.in_proj_weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-5 * float(grads[1].abs().max()))
