@@ -84,10 +84,11 @@ def latteclip_loss(model, f, idx, y_zs, P:Prototypes, bank:TextBank, cfg:TrainCo
     "LatteCLIP's loss for a batch (image features `f`, dataset indices `idx`, zero-shot labels `y_zs`); returns (loss, parts)."
     dev, scale = f.device, model.logit_scale.exp()
     y_ft = P.assign(f)                                                             # (B,) nearest prototype
-    g_cls = bank.encode(model, bank.cls, dev)                                      # (K, D)
     pick = torch.stack([bank.grp[int(y)][torch.randint(len(bank.grp[int(y)]), (1,), generator=g_rng)] for y in y_zs]).view(-1)
     tid = torch.stack([bank.img[idx], pick], 1)                                    # (B, 2)
-    g_ig = bank.encode(model, tid, dev)                                            # (B, 2, D) image and group descriptions
+    K = len(bank.cls)
+    g = bank.encode(model, torch.cat([bank.cls, tid.flatten()]), dev)              # one text-tower pass for all texts
+    g_cls, g_ig = g[:K], g[K:].view(len(idx), 2, -1)                               # (K, D); (B, 2, D) image and group descriptions
     on = torch.tensor([k in cfg.kinds for k in KINDS], device=dev, dtype=f.dtype)  # (3,)
     loss, parts, mixed_all, lab_all = 0., {}, [], []
     for name, y, use in [("ft", y_ft, cfg.ft_term), ("zs", y_zs, cfg.zs_term)]:
