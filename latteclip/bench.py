@@ -100,11 +100,18 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
                scale_ratio_2n_vs_n=round(times[n] / times[n // 2], 3), scale_batch_size=bs_scale, scale_epochs=ep)
     say("the default run in a child process, for its peak memory")
     with tempfile.TemporaryDirectory() as d:
-        r = subprocess.run([sys.executable, "-m", "latteclip", "run", "--epochs", "1" if quick else "10", "--out", d,
-                            "--text-cache", str(cache_path)], capture_output=True, text=True, env={**os.environ, "LATTECLIP_QUIET": "1"})
+        args = ["--epochs", "10"]
+        if quick:                                             # smoke mode: the same command on an image folder of n images
+            sub = full.subset(np.linspace(0, len(full) - 1, n).astype(int))
+            for i in range(len(sub)):
+                f = Path(d) / "data" / sub.classes[sub.labels[i]] / f"{i}.png"; f.parent.mkdir(parents=True, exist_ok=True)
+                sub.image(i).save(f)
+            args = ["--epochs", "1", "--data", str(Path(d) / "data"), "--shift", DEFAULT_SHIFT, "--batch-size", str(bs_scale)]
+        r = subprocess.run([sys.executable, "-m", "latteclip", "run", *args, "--out", str(Path(d) / "run"), "--text-cache", str(cache_path)],
+                           capture_output=True, text=True, env={**os.environ, "LATTECLIP_QUIET": "1"})
         if r.returncode != 0: raise LatteError(f"The default run failed inside the benchmark: {r.stderr.strip()[-300:]}")
-        mm = json.loads((Path(d) / "metrics.json").read_text())
-        res.update(peak_rss_mb=mm["peak_rss_mb"], default_run_s=mm["seconds"], default_run_epochs=1 if quick else 10)
+        mm = json.loads((Path(d) / "run" / "metrics.json").read_text())
+        res.update(peak_rss_mb=mm["peak_rss_mb"], default_run_s=mm["seconds"], default_run_epochs=int(args[1]), default_run_images=mm["n_images"])
     code = "import time; t=time.perf_counter(); import {}; print(time.perf_counter()-t)"
     res["import_s"] = round(min(_child(code.format("latteclip")) for _ in range(3)), 3)
     res["import_all_s"] = round(min(_child(code.format("latteclip.cli, latteclip.report, latteclip.bench")) for _ in range(3)), 3)
