@@ -40,6 +40,14 @@ def _train_args(p):
     g.add_argument("--text-cache", default=None, help="JSONL cache of generated texts (default: ~/.cache/latteclip/texts/texts.jsonl)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--weight-decay", type=float, default=0.2, help="AdamW weight decay (paper: 0.2)")
+    g.add_argument("--alpha", type=float, default=0.01, help="target = normalise(P[y] + alpha (mixed - P[y])); prototype momentum 1 - alpha")
+    g.add_argument("--no-augment", action="store_true", help="no random translation/flip during fine-tuning")
+    g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="autocast precision of training")
+
+def _overrides(args)->dict:
+    "The `TrainConfig` fields set by flags."
+    return dict(weight_decay=args.weight_decay, alpha=args.alpha, augment=not args.no_augment, precision=args.precision)
 
 def _shift_for(args):
     from latteclip.data import DEFAULT_SHIFT, EMBEDDED
@@ -97,7 +105,7 @@ def _run(args):
         make_describer(args.describer)
         m = run_method(args.method, args.data, args.classes, shift, args.model, args.pretrained, args.describer, args.epochs,
                        args.batch_size, args.lr, out, args.seed, args.device, args.classifier, args.groups_per_class,
-                       args.text_cache, args.resume, args.download)
+                       args.text_cache, args.resume, args.download, **_overrides(args))
         print(f"zero-shot top-1 {m['zeroshot_top1']}% -> {m['method']} {m['top1']}% (text classifier {m['top1_text']}%, prototypes {m['top1_prototypes']}%)")
     top = "n/a (no labels)" if m["top1"] is None else f"{m['top1']}%"
     print(f"{m['method']} on {m['dataset']}{' (' + m['shift'] + ')' if m['shift'] else ''}: top-1 {top}, "
@@ -111,7 +119,7 @@ def _compare(args):
     rows = compare(args.methods, args.data, args.classes, shift, out, model=args.model, pretrained=args.pretrained,
                    describer=args.describer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    device=args.device, classifier=args.classifier, groups_per_class=args.groups_per_class,
-                   text_cache=args.text_cache, download=args.download)
+                   text_cache=args.text_cache, download=args.download, **_overrides(args))
     print((out / "table.md").read_text())
 
 def _robustness(args):

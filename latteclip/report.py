@@ -50,6 +50,8 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     "Run `method` (zeroshot, or one of `VARIANTS`) end to end and write its files into `out`; returns the metrics."
     if method not in METHODS: raise LatteError(f"Unknown method '{method}': choose one of {', '.join(METHODS)}.")
     if classifier not in ("prototypes", "text"): raise LatteError("--classifier must be prototypes or text.")
+    cfg = None if method == "zeroshot" else TrainConfig(**{**asdict(TrainConfig()), **VARIANTS[method], "epochs": epochs,
+                                                           "batch_size": batch_size, "lr": lr, "seed": seed, **overrides})   # checked now
     out = out_dir(out); t0 = time.time(); seed_everything(seed)
     desc = make_describer(describer) if VARIANTS.get(method, {}).get("kinds", ("image",)) != ("class",) and method != "zeroshot" else None
     ds = ds if ds is not None else open_data(data, classes, shift, download=download)
@@ -59,8 +61,6 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     train = ds.unlabeled()                                                    # the method never sees a label
     pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model)
     zs = scores(pl.labels.numpy(), ds.labels, len(ds.classes))
-    cfg = TrainConfig(**{**asdict(TrainConfig()), **VARIANTS[method], "epochs": epochs, "batch_size": batch_size,
-                         "lr": lr, "seed": seed, **overrides})
     if desc is not None and cfg.kinds != ("class",):                          # stage 2
         cache = TextCache(Path(text_cache) if text_cache else cache_dir("texts") / "texts.jsonl")
         texts = synthetic_texts(train, pl.labels, desc, cache, groups_per_class, seed=seed)

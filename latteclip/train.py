@@ -39,6 +39,16 @@ class TrainConfig:
     precision: str = "auto"            # "bf16", "fp32", or "auto" (bf16 where supported)
     augment: bool = True               # random translation (1/8 of the side) and flip
 
+    def __post_init__(self):
+        "Refuse impossible settings before any work starts, in the flags' words."
+        bad = [m for ok, m in [(self.method in ("latteclip", "flyp"), f"unknown training method {self.method}"),
+                               (self.epochs >= 1, "--epochs must be at least 1"), (self.batch_size >= 2, "--batch-size must be at least 2"),
+                               (self.lr > 0, "--lr must be positive"), (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+                               (0 < self.alpha <= 1, "--alpha must be in (0, 1]"),
+                               (self.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32"),
+                               (set(self.kinds) <= set(KINDS) and "class" in self.kinds, f"kinds must include 'class' and come from {KINDS}")] if not ok]
+        if bad: raise LatteError("; ".join(bad) + ".")
+
 @dataclass
 class History:
     "What training produced, epoch by epoch."

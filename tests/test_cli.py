@@ -51,7 +51,10 @@ def test_flat_folder_predictions_only(embedded, tmp_path):
 @pytest.mark.parametrize("args, words", [(["--data", "/no/such/dir"], "does not exist"),
                                          (["--model", "ViT-Q-99"], "Unknown model"),
                                          (["--shift", "rain:3"], "Unknown shift"),
-                                         (["--out", "/proc/cannot/write"], "Cannot write")])
+                                         (["--out", "/proc/cannot/write"], "Cannot write"),
+                                         (["--alpha", "2", "--epochs", "0"], "--epochs must be at least 1; --alpha must be in (0, 1]"),
+                                         (["--batch-size", "1"], "--batch-size must be at least 2"),
+                                         (["--describer", "magic"], "Unknown describer")])
 def test_user_errors_are_one_sentence_and_exit_2(args, words, tmp_path):
     r = latteclip("run", *args, cwd=tmp_path)
     assert r.returncode == 2
