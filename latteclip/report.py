@@ -42,7 +42,7 @@ def make_describer(spec:str):
         return TransformersDescriber(arg)
     raise LatteError(f"Unknown describer '{spec}': use attributes, transformers:<model id> or jsonl:<path>.")
 
-# %% ../nbs/16_report.ipynb 7
+# %% ../nbs/16_report.ipynb 8
 def run_method(method:str="latteclip", data=None, classes=None, shift=None, model:str="latteclip-tiny",
                pretrained:str=None, describer:str="attributes", epochs:int=10, batch_size:int=256, lr:float=5e-5,
                out="runs/latteclip", seed:int=0, device=None, classifier:str="prototypes", groups_per_class:int=8,
@@ -86,7 +86,7 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     write_report(out, m, hist)
     return m
 
-# %% ../nbs/16_report.ipynb 9
+# %% ../nbs/16_report.ipynb 10
 def write_report(out, m:dict, hist=None):
     "Write `report.md` (and `curves.png`) for a finished run."
     import matplotlib.pyplot as plt
@@ -108,7 +108,7 @@ def write_report(out, m:dict, hist=None):
         lines += [f"## Skipped files ({len(m['skipped'])})", ""] + [f"- `{s['path']}`: {s['reason']}" for s in m["skipped"]] + [""]
     (out / "report.md").write_text("\n".join(lines))
 
-# %% ../nbs/16_report.ipynb 11
+# %% ../nbs/16_report.ipynb 12
 TABLE_COLS = ["method", "top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "seconds"]
 
 def compare(methods, data=None, classes=None, shift=None, out="runs/compare", **kw)->list:
