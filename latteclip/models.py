@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb 2
 from __future__ import annotations
-import os, json
+import os, json, pickle, warnings
 from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
@@ -64,7 +64,13 @@ def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32",
             raise LatteError(f"'{pretrained}' is neither a checkpoint file nor a pretrained tag of {model} ({_describe_pretrained(model, pretrained)}).")
     elif pretrained is not None: pretrained = str(Path(pretrained).expanduser())
     try:
-        m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
+    except pickle.UnpicklingError as e:                                       # torch.load(weights_only=True) said no
+        raise LatteError(f"Refused to load {pretrained}: the file is a pickle that holds code or objects other than tensors "
+                         f"(weights are loaded only from safetensors or with torch.load(weights_only=True)); convert a checkpoint "
+                         f"you trust to safetensors.") from None
     except (RuntimeError, OSError, ValueError) as e:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise LatteError(f"Could not load {model} with pretrained={pretrained} ({msg}); offline, pass a local checkpoint file with --pretrained PATH.") from None

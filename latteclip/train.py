@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_train.ipynb 2
 from __future__ import annotations
-import json, math, os, time
+import json, math, os, pickle, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
@@ -156,7 +156,9 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
     if resume and out is not None and (out / "state.pt").exists():
         sd = load_file(out / "checkpoint.safetensors")
         if P is not None: P.P.copy_(sd.pop("__prototypes__"))
-        model.load_state_dict(sd); s = torch.load(out / "state.pt", weights_only=True)
+        model.load_state_dict(sd)
+        try: s = torch.load(out / "state.pt", weights_only=True)
+        except pickle.UnpicklingError: raise LatteError(f"Refused to resume from {out / 'state.pt'}: it holds code or objects other than tensors.") from None
         opt.load_state_dict(s["opt"]); sched.load_state_dict(s["sched"]); start = s["epoch"]; hist = History(**s["hist"])
     for epoch in range(start, cfg.epochs):
         model.train(); t0, losses, agree = time.time(), [], []
