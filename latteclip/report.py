@@ -29,7 +29,7 @@ VARIANTS = {
     "latteclip-uniform": dict(method="latteclip", mixer=False),
     "latteclip-no-zs": dict(method="latteclip", zs_term=False),
 }
-METHODS = ["zeroshot"] + list(VARIANTS)
+METHODS = ["zeroshot"] + list(VARIANTS) + ["dac"]
 
 def make_describer(spec:str):
     "`attributes`, `transformers:<model id>` or `jsonl:<path>` -> a describer."
@@ -46,18 +46,29 @@ def make_describer(spec:str):
 def run_method(method:str="latteclip", data=None, classes=None, shift=None, model:str="latteclip-tiny",
                pretrained:str=None, describer:str="attributes", epochs:int=10, batch_size:int=256, lr:float=5e-5,
                out="runs/latteclip", seed:int=0, device=None, classifier:str="prototypes", groups_per_class:int=8,
-               text_cache:str=None, resume:bool=False, download:bool=False, ds=None, **overrides)->dict:
-    "Run `method` (zeroshot, or one of `VARIANTS`) end to end and write its files into `out`; returns the metrics."
+               text_cache:str=None, resume:bool=False, download:bool=False,
+               shots:int=16, shots_clean:bool=False, # DAC: labelled shots per class; draw them from un-shifted images
+               ds=None, **overrides)->dict:
+    "Run `method` (zeroshot, dac, or one of `VARIANTS`) end to end and write its files into `out`; returns the metrics."
     if method not in METHODS: raise LatteError(f"Unknown method '{method}': choose one of {', '.join(METHODS)}.")
     if classifier not in ("prototypes", "text"): raise LatteError("--classifier must be prototypes or text.")
-    cfg = None if method == "zeroshot" else TrainConfig(**{**asdict(TrainConfig()), **VARIANTS[method], "epochs": epochs,
+    if method == "dac" and shots < 1: raise LatteError("--shots must be at least 1.")
+    cfg = None if method in ("zeroshot", "dac") else TrainConfig(**{**asdict(TrainConfig()), **VARIANTS[method], "epochs": epochs,
                                                            "batch_size": batch_size, "lr": lr, "seed": seed, **overrides})   # checked now
     out = out_dir(out); t0 = time.time(); seed_everything(seed)
-    desc = make_describer(describer) if VARIANTS.get(method, {}).get("kinds", ("image",)) != ("class",) and method != "zeroshot" else None
+    desc = make_describer(describer) if cfg is not None and cfg.kinds != ("class",) else None
     ds = ds if ds is not None else open_data(data, classes, shift, download=download)
     clip = load_clip(model, pretrained, device)
     if method == "zeroshot":
         return write_run(out, "zeroshot", ds, clip, zeroshot(clip, ds, None), time.time() - t0, templates=[TEMPLATE], seed=seed)
+    if method == "dac":                                                       # few-shot: the one method that reads labels
+        from latteclip.dac import run_dac, DACConfig
+        dc = DACConfig(shots=shots, seed=seed); r = run_dac(clip, ds, dc, shots_clean=shots_clean)
+        test = ds.subset(r["rest"]); sc = lambda lg: scores(lg.argmax(1).numpy(), test.labels, len(ds.classes))
+        m = write_run(out, "dac", test, clip, r["logits"], time.time() - t0, zeroshot_top1=sc(r["zeroshot"])["top1"],
+                      tip_adapter_top1=sc(r["tip_adapter"])["top1"], shots=shots, shots_clean=shots_clean,
+                      shot_files=[ds.keys[i] for i in r["shot"]], seed=seed, config=asdict(dc), history=dict(loss=r["losses"]))
+        write_report(out, m); return m
     train = ds.unlabeled()                                                    # the method never sees a label
     pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model)
     zs = scores(pl.labels.numpy(), ds.labels, len(ds.classes))
@@ -91,7 +102,7 @@ def write_report(out, m:dict, hist=None):
     "Write `report.md` (and `curves.png`) for a finished run."
     import matplotlib.pyplot as plt
     out = Path(out); lines = [f"# {m['method']} on {m['dataset']}" + (f" ({m['shift']})" if m.get("shift") else ""), ""]
-    rows = [dict(metric=k, value=m.get(k)) for k in ["top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes",
+    rows = [dict(metric=k, value=m.get(k)) for k in ["top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "tip_adapter_top1", "shots",
                                                      "n_images", "n_classes", "seconds", "peak_rss_mb"] if k in m]
     lines += [rows_to_markdown(rows), ""]
     if hist is not None and hist.loss:

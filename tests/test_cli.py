@@ -80,3 +80,8 @@ def test_pretrain_and_resume(small_tree, tmp_path):
     from safetensors.torch import load_file
     a = load_file(tmp_path / "full" / "latteclip-tiny.safetensors"); b = load_file(tmp_path / "half" / "latteclip-tiny.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume must reproduce the uninterrupted run"
+
+
+def test_cli_method_list_matches_the_library():
+    from latteclip import cli, report
+    assert cli.METHODS == report.METHODS
