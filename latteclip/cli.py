@@ -67,7 +67,7 @@ def parser()->argparse.ArgumentParser:
     _data_args(r); _model_args(r); _train_args(r)
     r.add_argument("--out", default=None, help="output folder (default: runs/<method>)")
     c = sub.add_parser("compare", help="several methods on the same data, model, shift and seed: table.md and table.json")
-    c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip", help=f"comma-separated, from {', '.join(METHODS)}; or all")
+    c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip", help=f"comma-separated, from {', '.join(METHODS)}; or all (zeroshot, flyp-pseudo, latteclip, dac), or ablation (zeroshot and every LatteCLIP variant)")
     _data_args(c); _model_args(c); _train_args(c)
     c.add_argument("--out", default="runs/compare")
     bb = sub.add_parser("bench", help="speed and memory ratios against plain baselines: bench.json")

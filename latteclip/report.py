@@ -18,7 +18,7 @@ from .train import TrainConfig, finetune, predict
 from .zeroshot import write_run, scores, zeroshot, rows_to_markdown
 
 # %% auto 0
-__all__ = ['VARIANTS', 'METHODS', 'TABLE_COLS', 'make_describer', 'run_method', 'write_report', 'compare']
+__all__ = ['VARIANTS', 'METHODS', 'ALL', 'ABLATION', 'TABLE_COLS', 'make_describer', 'run_method', 'write_report', 'compare']
 
 # %% ../nbs/16_report.ipynb 5
 VARIANTS = {
@@ -30,6 +30,8 @@ VARIANTS = {
     "latteclip-no-zs": dict(method="latteclip", zs_term=False),
 }
 METHODS = ["zeroshot"] + list(VARIANTS) + ["dac"]
+ALL = ["zeroshot", "flyp-pseudo", "latteclip", "dac"]                    # `--methods all`: every method, no ablations
+ABLATION = ["zeroshot"] + list(VARIANTS)                                 # `--methods ablation`: LatteCLIP's ablations
 
 def make_describer(spec:str):
     "`attributes`, `transformers:<model id>` or `jsonl:<path>` -> a describer."
@@ -124,8 +126,9 @@ TABLE_COLS = ["method", "top1", "per_class_mean", "zeroshot_top1", "top1_text", 
 
 def compare(methods, data=None, classes=None, shift=None, out="runs/compare", **kw)->list:
     "Run each method on the same data into `out/<method>/`; write `table.md` and `table.json`; return the rows."
-    methods = list(VARIANTS if methods in ("all", ["all"]) else ([m.strip() for m in methods.split(",")] if isinstance(methods, str) else methods))
-    if methods == list(VARIANTS): methods = ["zeroshot"] + methods
+    named = {"all": ALL, "ablation": ABLATION}
+    if isinstance(methods, str): methods = named.get(methods.strip()) or [m.strip() for m in methods.split(",") if m.strip()]
+    methods = list(methods)
     bad = [m for m in methods if m not in METHODS]
     if bad: raise LatteError(f"Unknown method(s) {', '.join(bad)}: choose from {', '.join(METHODS)}.")
     out = out_dir(out); ds = open_data(data, classes, shift, download=kw.pop("download", False))
