@@ -5,6 +5,7 @@
 # %% ../nbs/17_bench.ipynb 2
 from __future__ import annotations
 import json, os, subprocess, sys, tempfile, time
+from unittest import mock
 from pathlib import Path
 import numpy as np
 import torch
@@ -84,16 +85,11 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
     say(f"scaling: whole runs on {n // 2} and {n} images")
     ep, bs_scale = (1 if quick else 2), min(256, max(8, n // 8))       # the same batch size at N and 2N
     def whole_run(k):                                         # a whole run with cold caches (pseudo-labels and texts)
-        with tempfile.TemporaryDirectory() as d:
-            old = os.environ.get("LATTECLIP_CACHE"); os.environ["LATTECLIP_CACHE"] = d
-            try:
-                t = time.perf_counter()
-                run_method("latteclip", ds=full.subset(np.linspace(0, len(full) - 1, k).astype(int)), out=Path(d) / "run",
-                           epochs=ep, text_cache=str(Path(d) / "texts.jsonl"), batch_size=bs_scale)
-                return time.perf_counter() - t
-            finally:
-                if old is None: os.environ.pop("LATTECLIP_CACHE")
-                else: os.environ["LATTECLIP_CACHE"] = old
+        with tempfile.TemporaryDirectory() as d, mock.patch.dict(os.environ, LATTECLIP_CACHE=d):
+            t = time.perf_counter()
+            run_method("latteclip", ds=full.subset(np.linspace(0, len(full) - 1, k).astype(int)), out=Path(d) / "run",
+                       epochs=ep, text_cache=str(Path(d) / "texts.jsonl"), batch_size=bs_scale)
+            return time.perf_counter() - t
     whole_run(2 * bs_scale)                                # warm-up: first-call costs are not a cost of N
     times = {k: whole_run(k) for k in (n // 2, n)}
     res.update(scale_n=n // 2, scale_time_n_s=round(times[n // 2], 2), scale_time_2n_s=round(times[n], 2),
