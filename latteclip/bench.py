@@ -31,17 +31,20 @@ def step_seconds(model_name:str, ds, texts, y, method:str, batch_size:int, steps
     times = np.diff(stamps)                                   # each step of the real loop, data indexing included
     return float(np.median(times[1:]))
 
-def encode_seconds(clip, ds, batch_size:int, repeats:int=2)->tuple:
-    "Best-of-`repeats` seconds of `encode_images` and of a plain open_clip `encode_image` loop over the same loader, alternated."
+def encode_seconds(clip, ds, batch_size:int, repeats:int=3)->tuple:
+    "Median seconds of `encode_images` and of a plain open_clip `encode_image` loop over the same loader, alternating which goes first."
     ours, plain = [], []
-    for _ in range(repeats):
-        t = time.perf_counter(); encode_images(clip, ds, batch_size); ours.append(time.perf_counter() - t)
+    def run_plain():
         dl = loader(ds.with_transform(clip.preprocess), batch_size)
         t = time.perf_counter()
         with torch.no_grad():
             for x, _, _ in dl: clip.model.encode_image(x)
         plain.append(time.perf_counter() - t)
-    return min(ours), min(plain)
+    def run_ours():
+        t = time.perf_counter(); encode_images(clip, ds, batch_size); ours.append(time.perf_counter() - t)
+    for r in range(repeats):
+        for f in ((run_ours, run_plain) if r % 2 == 0 else (run_plain, run_ours)): f()
+    return float(np.median(ours)), float(np.median(plain))
 
 def _child(code:str)->float:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -75,8 +78,8 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
         Tm = synthetic_texts(m, y[:len(m)], AttributeDescriber(), TextCache(cache_path))
         lat = step_seconds(name, m, Tm, y, "latteclip", bs, steps); fly = step_seconds(name, m, Tm, y, "flyp", bs, steps)
         clip = tiny if name == "latteclip-tiny" else load_clip(name, None, "cpu")
-        enc = ds.subset(range(256 if name == "latteclip-tiny" else 64))
-        ours, plain = encode_seconds(clip, enc, 64 if name == "latteclip-tiny" else 32)
+        enc = ds.subset(range(512 if name == "latteclip-tiny" else 64))
+        ours, plain = encode_seconds(clip, enc, 64 if name == "latteclip-tiny" else 32, 2 if quick else 5)
         res[name] = dict(batch_size=bs, latteclip_step_s=round(lat, 4), flyp_step_s=round(fly, 4),
                          step_ratio_latteclip_vs_flyp=round(lat / fly, 3), encode_s=round(ours, 3), open_clip_encode_s=round(plain, 3),
                          encode_ratio_vs_open_clip=round(plain / ours, 3))

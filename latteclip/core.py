@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 # %% auto 0
 __all__ = ['ASSETS', 'LatteError', 'seed_everything', 'generator', 'stable_hash', 'seed_from', 'progress', 'default_device',
-           'peak_rss_mb', 'asset', 'out_dir', 'write_json']
+           'peak_rss_mb', 'reset_peak_rss', 'asset', 'out_dir', 'write_json']
 
 # %% ../nbs/00_core.ipynb 5
 class LatteError(Exception):
@@ -61,9 +61,18 @@ def default_device()->torch.device:
     return torch.device("cpu")
 
 def peak_rss_mb()->float:
-    "Peak resident memory of this process so far, in MiB."
+    "Peak resident memory of this process, in MiB: since it started, or since the last `reset_peak_rss`."
+    try:                                      # Linux: the high-water mark of this process's own memory map. Unlike
+        for line in Path("/proc/self/status").read_text().splitlines():   # ru_maxrss it is not inherited from the parent
+            if line.startswith("VmHWM:"): return round(int(line.split()[1]) / 1024, 1)   # across fork + exec
+    except OSError: pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(r / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+def reset_peak_rss()->bool:
+    "Start a new peak-memory window (Linux; elsewhere the peak stays process-wide). True when it was reset."
+    try: Path("/proc/self/clear_refs").write_text("5"); return True
+    except OSError: return False
 
 # %% ../nbs/00_core.ipynb 17
 ASSETS = Path(__file__).resolve().parent / "assets" if "__file__" in globals() else Path("../latteclip/assets").resolve()

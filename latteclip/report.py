@@ -9,7 +9,7 @@ from dataclasses import replace, asdict
 from pathlib import Path
 import numpy as np
 import torch
-from .core import LatteError, out_dir, write_json, seed_everything, progress
+from .core import LatteError, out_dir, write_json, seed_everything, progress, reset_peak_rss
 from .data import open_data
 from .models import load_clip, encode_images, templates_for, TEMPLATE
 from .pseudolabels import pseudo_labels, cache_dir
@@ -57,7 +57,7 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     if method == "dac" and shots < 1: raise LatteError("--shots must be at least 1.")
     cfg = None if method in ("zeroshot", "dac") else TrainConfig(**{**asdict(TrainConfig()), **VARIANTS[method], "epochs": epochs,
                                                            "batch_size": batch_size, "lr": lr, "seed": seed, **overrides})   # checked now
-    out = out_dir(out); t0 = time.time(); seed_everything(seed)
+    out = out_dir(out); t0 = time.time(); seed_everything(seed); reset_peak_rss()   # peak_rss_mb: this run's own
     desc = make_describer(describer) if cfg is not None and cfg.kinds != ("class",) else None
     ds = ds if ds is not None else open_data(data, classes, shift, download=download)
     clip = load_clip(model, pretrained, device)

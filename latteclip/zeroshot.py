@@ -8,7 +8,7 @@ import csv, time
 from pathlib import Path
 import numpy as np
 import torch
-from .core import LatteError, out_dir, write_json, peak_rss_mb, progress
+from .core import LatteError, out_dir, write_json, peak_rss_mb, reset_peak_rss, progress
 from .data import open_data, parse_shift, SHIFTS, Shift
 from .models import load_clip, encode_images, zeroshot_classifier, zeroshot_logits, templates_for
 
@@ -76,7 +76,7 @@ def write_run(out, # output folder
 def run_zeroshot(data=None, classes=None, shift=None, model:str="latteclip-tiny", pretrained:str=None,
                  templates=None, out="runs/zeroshot", batch_size:int=256, device=None, download:bool=False)->dict:
     "Zero-shot CLIP on `data` (default: the embedded set), writing the run's files into `out`."
-    out = out_dir(out); t0 = time.time()
+    out = out_dir(out); t0 = time.time(); reset_peak_rss()
     ds = open_data(data, classes, shift, download=download)
     clip = load_clip(model, pretrained, device)
     logits = zeroshot(clip, ds, templates, batch_size)
