@@ -13,7 +13,7 @@ from . import __version__
 __all__ = ['METHODS', 'parser', 'main', 'cli']
 
 # %% ../nbs/99_cli.ipynb 5
-METHODS = ["zeroshot", "latteclip", "flyp-pseudo", "latteclip-class", "latteclip-class-image", "latteclip-uniform", "latteclip-no-zs", "dac"]  # = latteclip.report.METHODS (a test checks), kept here so --help imports no torch
+METHODS = ["zeroshot", "latteclip", "flyp-pseudo", "latteclip-class", "latteclip-class-image", "latteclip-uniform", "latteclip-no-zs", "ueo", "ueo-open", "dac"]  # = latteclip.report.METHODS (a test checks), kept here so --help imports no torch
 
 def _data_args(p):
     g = p.add_argument_group("data")
@@ -29,27 +29,33 @@ def _model_args(p):
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k) or a local checkpoint file; default: shipped weights for latteclip-tiny")
     g.add_argument("--templates", default=None, help="'single' (a photo of a {}.), 'ensemble' (CLIP's 18 prompts) or '|'-separated templates")
     g.add_argument("--device", default=None, help="cpu, cuda, ...; default: CUDA if present")
-    g.add_argument("--batch-size", type=int, default=256, help="batch size of training and feature extraction")
+    g.add_argument("--batch-size", type=int, default=None, help="batch size of training (default: per method, LatteCLIP 256, UEO 64) and of feature extraction (256)")
 
 def _train_args(p):
     g = p.add_argument_group("training (label-free methods)")
     g.add_argument("--describer", default="attributes", help="attributes (offline), transformers:<model id> or jsonl:<path>")
-    g.add_argument("--epochs", type=int, default=10); g.add_argument("--lr", type=float, default=5e-5)
+    g.add_argument("--epochs", type=int, default=None, help="default: 10")
+    g.add_argument("--lr", type=float, default=None, help="default: per method (LatteCLIP AdamW 5e-5, UEO SGD 1e-4)")
     g.add_argument("--classifier", default="prototypes", choices=["prototypes", "text"], help="how LatteCLIP predicts after training")
     g.add_argument("--groups-per-class", type=int, default=8, help="collages (group descriptions) per class")
     g.add_argument("--text-cache", default=None, help="JSONL cache of generated texts (default: ~/.cache/latteclip/texts/texts.jsonl)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--weight-decay", type=float, default=0.2, help="AdamW weight decay (paper: 0.2)")
-    g.add_argument("--alpha", type=float, default=0.01, help="target = normalise(P[y] + alpha (mixed - P[y])); prototype momentum 1 - alpha")
+    g.add_argument("--weight-decay", type=float, default=None, help="default: per method (LatteCLIP 0.2 as the paper, UEO 5e-4)")
+    g.add_argument("--alpha", type=float, default=None, help="LatteCLIP: target = normalise(P[y] + alpha (mixed - P[y])); prototype momentum 1 - alpha (default 0.01)")
     g.add_argument("--no-augment", action="store_true", help="no random translation/flip during fine-tuning")
     g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="autocast precision of training")
     g.add_argument("--shots", type=int, default=16, help="DAC: labelled images per class (1, 2, 4, 8, 16)")
     g.add_argument("--shots-clean", action="store_true", help="DAC: draw the shots from the un-shifted images (test stays shifted)")
+    g.add_argument("--known-classes", default=None, help="UEO: comma-separated known classes; images of the others stay in the data as unknowns (ueo-open default: all but the last 4)")
+    g.add_argument("--ueo-weight-scale", type=float, default=None, help="UEO: scale of the softmax behind the confidence weights (default: the model's logit scale; authors' code: 1)")
+    g.add_argument("--n-ctx", type=int, default=None, help="UEO: learnable text context tokens (default 4)")
 
 def _overrides(args)->dict:
     "The `TrainConfig` fields set by flags."
-    return dict(weight_decay=args.weight_decay, alpha=args.alpha, augment=not args.no_augment, precision=args.precision)
+    o = dict(weight_decay=args.weight_decay, alpha=args.alpha, augment=False if args.no_augment else None, precision=args.precision,
+             weight_scale=args.ueo_weight_scale, n_ctx=args.n_ctx)
+    return {k: v for k, v in o.items() if v is not None}
 
 def _shift_for(args):
     from latteclip.data import DEFAULT_SHIFT, EMBEDDED
@@ -67,7 +73,7 @@ def parser()->argparse.ArgumentParser:
     _data_args(r); _model_args(r); _train_args(r)
     r.add_argument("--out", default=None, help="output folder (default: runs/<method>)")
     c = sub.add_parser("compare", help="several methods on the same data, model, shift and seed: table.md and table.json")
-    c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip", help=f"comma-separated, from {', '.join(METHODS)}; or all (zeroshot, flyp-pseudo, latteclip, dac), or ablation (zeroshot and every LatteCLIP variant)")
+    c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip", help=f"comma-separated, from {', '.join(METHODS)}; or all (zeroshot, flyp-pseudo, latteclip, ueo, ueo-open, dac), or ablation (zeroshot and every LatteCLIP variant)")
     _data_args(c); _model_args(c); _train_args(c)
     c.add_argument("--out", default="runs/compare")
     bb = sub.add_parser("bench", help="speed and memory ratios against plain baselines: bench.json")
@@ -101,14 +107,20 @@ def _run(args):
     if args.method == "zeroshot":
         from latteclip.zeroshot import run_zeroshot
         m = run_zeroshot(args.data, args.classes, shift, args.model, args.pretrained, args.templates, out,
-                         args.batch_size, args.device, args.download)
+                         args.batch_size or 256, args.device, args.download)
+        from latteclip.report import write_report
+        write_report(out, m)
     else:
         from latteclip.report import run_method, make_describer
         make_describer(args.describer)
         m = run_method(args.method, args.data, args.classes, shift, args.model, args.pretrained, args.describer, args.epochs,
                        args.batch_size, args.lr, out, args.seed, args.device, args.classifier, args.groups_per_class,
-                       args.text_cache, args.resume, args.download, args.shots, args.shots_clean, **_overrides(args))
-        if m["method"] == "dac": print(f"{m['shots']} shots per class: zero-shot {m['zeroshot_top1']}%, Tip-Adapter {m['tip_adapter_top1']}% -> DAC {m['top1']}% on the other images")
+                       args.text_cache, args.resume, args.download, args.shots, args.shots_clean, args.known_classes, **_overrides(args))
+        if m["method"].startswith("ueo"):
+            au = lambda v: "n/a" if v is None else f"{v}%"
+            print(f"known classes {', '.join(m['known_classes'])}: zero-shot top-1 {m['zeroshot_top1']}% (AUROC {au(m['zeroshot_auroc'])}) "
+                  f"-> UEO {m['top1']}% (AUROC {au(m['auroc'])}), {m['n_unknown_images']} unknown-class images")
+        elif m["method"] == "dac": print(f"{m['shots']} shots per class: zero-shot {m['zeroshot_top1']}%, Tip-Adapter {m['tip_adapter_top1']}% -> DAC {m['top1']}% on the other images")
         else: print(f"zero-shot top-1 {m['zeroshot_top1']}% -> {m['method']} {m['top1']}% (text classifier {m['top1_text']}%, prototypes {m['top1_prototypes']}%)")
     top = "n/a (no labels)" if m["top1"] is None else f"{m['top1']}%"
     print(f"{m['method']} on {m['dataset']}{' (' + m['shift'] + ')' if m['shift'] else ''}: top-1 {top}, "
@@ -122,7 +134,8 @@ def _compare(args):
     rows = compare(args.methods, args.data, args.classes, shift, out, model=args.model, pretrained=args.pretrained,
                    describer=args.describer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    device=args.device, classifier=args.classifier, groups_per_class=args.groups_per_class,
-                   text_cache=args.text_cache, download=args.download, shots=args.shots, shots_clean=args.shots_clean, **_overrides(args))
+                   text_cache=args.text_cache, download=args.download, shots=args.shots, shots_clean=args.shots_clean,
+                   known_classes=args.known_classes, **_overrides(args))
     print((out / "table.md").read_text())
 
 def _robustness(args):
@@ -130,7 +143,7 @@ def _robustness(args):
     out = out_dir(args.out)
     try: sev = tuple(int(s) for s in args.severities.split(","))
     except ValueError: raise LatteError(f"--severities must be comma-separated integers, got {args.severities}.") from None
-    rows = robustness(args.data, args.model, args.pretrained, sev, None, args.templates, args.batch_size, args.device)
+    rows = robustness(args.data, args.model, args.pretrained, sev, None, args.templates, args.batch_size or 256, args.device)
     md = rows_to_markdown(rows, ["shift", "severity", "top1", "per_class_mean"])
     write_json(rows, out / "robustness.json"); (out / "robustness.md").write_text(md + "\n"); print(md)
 
@@ -161,8 +174,8 @@ def main(argv=None)->int:
             print("\n".join(f"{n}{'' if n == 'grayscale' else ':1..5'}" for n in sorted(SHIFTS)))
     except LatteError as e:
         print(f"latteclip: error: {e}", file=sys.stderr); return 2
-    except KeyboardInterrupt:
-        print("latteclip: interrupted.", file=sys.stderr); return 130
+    except KeyboardInterrupt as e:
+        print(f"latteclip: interrupted{': ' + str(e) if str(e) else '.'}", file=sys.stderr); return 130
     return 0
 
 def cli():

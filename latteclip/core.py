@@ -4,19 +4,35 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import os, sys, random, json, time, resource, hashlib
+import os, sys, random, json, time, resource, hashlib, signal, threading
 from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 # %% auto 0
-__all__ = ['ASSETS', 'LatteError', 'seed_everything', 'generator', 'stable_hash', 'seed_from', 'progress', 'default_device',
-           'peak_rss_mb', 'reset_peak_rss', 'asset', 'out_dir', 'write_json']
+__all__ = ['ASSETS', 'LatteError', 'Interrupted', 'StopRequest', 'seed_everything', 'generator', 'stable_hash', 'seed_from',
+           'progress', 'default_device', 'peak_rss_mb', 'reset_peak_rss', 'asset', 'out_dir', 'write_json']
 
 # %% ../nbs/00_core.ipynb 5
 class LatteError(Exception):
     "An error the user caused and can fix; the CLI prints it as one sentence and exits with code 2."
+
+class Interrupted(KeyboardInterrupt):
+    "Work stopped by SIGINT/SIGTERM after saving what it had; the message says how to go on (the CLI exits 130)."
+
+class StopRequest:
+    "While active, SIGINT and SIGTERM only set a flag, so a training loop can stop at a step boundary and save."
+    def __init__(self): self.signum, self._old = None, {}
+    def _handle(self, signum, frame): self.signum = signum
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():          # signals reach the main thread only
+            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._handle)
+        return self
+    def __exit__(self, *exc):
+        for s, h in self._old.items(): signal.signal(s, h)
+        self._old = {}
+    def __bool__(self): return self.signum is not None
 
 # %% ../nbs/00_core.ipynb 8
 def seed_everything(seed:int=0, # the one seed for python, numpy and torch

@@ -226,14 +226,15 @@ class ImageSet(torch.utils.data.Dataset):
 MAX_PIXELS = 64_000_000
 
 def check_image(data:bytes)->str|None:
-    "None when `data` looks like a decodable image, else the reason why not."
+    "None when `data` decodes as an image (a JPEG at 1/8 scale, which still reads every byte), else the reason why not."
     if not data: return "empty file"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             if im.width * im.height > MAX_PIXELS: return f"too large ({im.width}x{im.height} pixels)"
-            im.verify()
+            if im.format == "JPEG": im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))   # 1/8-scale decode:
+            im.load()                                          # still reads every byte, so truncation shows, 64x cheaper
     except Image.DecompressionBombWarning: return "too large (decompression bomb)"
     except Exception as e: return f"not a readable image ({type(e).__name__}: {str(e)[:80]})"
     return None

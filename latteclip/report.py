@@ -18,7 +18,8 @@ from .train import TrainConfig, finetune, predict
 from .zeroshot import write_run, scores, zeroshot, rows_to_markdown
 
 # %% auto 0
-__all__ = ['VARIANTS', 'METHODS', 'ALL', 'ABLATION', 'TABLE_COLS', 'make_describer', 'run_method', 'write_report', 'compare']
+__all__ = ['VARIANTS', 'METHODS', 'ALL', 'ABLATION', 'TABLE_COLS', 'make_describer', 'run_method', 'write_report', 'compare',
+           'plot_table']
 
 # %% ../nbs/16_report.ipynb 5
 VARIANTS = {
@@ -29,8 +30,8 @@ VARIANTS = {
     "latteclip-uniform": dict(method="latteclip", mixer=False),
     "latteclip-no-zs": dict(method="latteclip", zs_term=False),
 }
-METHODS = ["zeroshot"] + list(VARIANTS) + ["dac"]
-ALL = ["zeroshot", "flyp-pseudo", "latteclip", "dac"]                    # `--methods all`: every method, no ablations
+METHODS = ["zeroshot"] + list(VARIANTS) + ["ueo", "ueo-open", "dac"]
+ALL = ["zeroshot", "flyp-pseudo", "latteclip", "ueo", "ueo-open", "dac"]   # `--methods all`: every method, no ablations
 ABLATION = ["zeroshot"] + list(VARIANTS)                                 # `--methods ablation`: LatteCLIP's ablations
 
 def make_describer(spec:str):
@@ -45,24 +46,42 @@ def make_describer(spec:str):
     raise LatteError(f"Unknown describer '{spec}': use attributes, transformers:<model id> or jsonl:<path>.")
 
 # %% ../nbs/16_report.ipynb 8
+def _config(cls, base:dict, overrides:dict):
+    "`cls(**base, **overrides)` keeping only the overrides `cls` knows (a flag of another method is ignored); checked now."
+    from dataclasses import fields
+    names = {f.name for f in fields(cls)}
+    return cls(**{**base, **{k: v for k, v in overrides.items() if k in names and v is not None}})
+
 def run_method(method:str="latteclip", data=None, classes=None, shift=None, model:str="latteclip-tiny",
-               pretrained:str=None, describer:str="attributes", epochs:int=10, batch_size:int=256, lr:float=5e-5,
+               pretrained:str=None, describer:str="attributes",
+               epochs:int=None, batch_size:int=None, lr:float=None, # None: the method's default (see its config)
                out="runs/latteclip", seed:int=0, device=None, classifier:str="prototypes", groups_per_class:int=8,
                text_cache:str=None, resume:bool=False, download:bool=False,
                shots:int=16, shots_clean:bool=False, # DAC: labelled shots per class; draw them from un-shifted images
+               known_classes=None, # UEO: the known classes (ueo-open default: all but the last 4)
                ds=None, **overrides)->dict:
-    "Run `method` (zeroshot, dac, or one of `VARIANTS`) end to end and write its files into `out`; returns the metrics."
+    "Run `method` (zeroshot, ueo, ueo-open, dac, or one of `VARIANTS`) end to end and write its files into `out`; returns the metrics."
     if method not in METHODS: raise LatteError(f"Unknown method '{method}': choose one of {', '.join(METHODS)}.")
     if classifier not in ("prototypes", "text"): raise LatteError("--classifier must be prototypes or text.")
     if method == "dac" and shots < 1: raise LatteError("--shots must be at least 1.")
-    cfg = None if method in ("zeroshot", "dac") else TrainConfig(**{**asdict(TrainConfig()), **VARIANTS[method], "epochs": epochs,
-                                                           "batch_size": batch_size, "lr": lr, "seed": seed, **overrides})   # checked now
+    known_from = [o for o in overrides if o not in ("weight_decay", "alpha", "augment", "precision", "weight_scale", "n_ctx", "lam", "warmup", "momentum")]
+    if known_from: raise LatteError(f"Unknown setting(s) {', '.join(known_from)}.")
+    common = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
+    cfg = None
+    if method in VARIANTS: cfg = _config(TrainConfig, {**asdict(TrainConfig()), **VARIANTS[method]}, {**common, **overrides})   # checked now
+    if method.startswith("ueo"):
+        from latteclip.ueo import UEOConfig
+        cfg = _config(UEOConfig, {}, {**common, **overrides})
     out = out_dir(out); t0 = time.time(); seed_everything(seed); reset_peak_rss()   # peak_rss_mb: this run's own
-    desc = make_describer(describer) if cfg is not None and cfg.kinds != ("class",) else None
+    desc = make_describer(describer) if method in VARIANTS and cfg.kinds != ("class",) else None
     ds = ds if ds is not None else open_data(data, classes, shift, download=download)
+    if method.startswith("ueo"):
+        from latteclip.ueo import known_split
+        known_split(ds.classes, known_classes, 4 if method == "ueo-open" else 0)   # a bad class name fails before any work
     clip = load_clip(model, pretrained, device)
     if method == "zeroshot":
-        return write_run(out, "zeroshot", ds, clip, zeroshot(clip, ds, None), time.time() - t0, templates=[TEMPLATE], seed=seed)
+        m = write_run(out, "zeroshot", ds, clip, zeroshot(clip, ds, None), time.time() - t0, templates=[TEMPLATE], seed=seed)
+        write_report(out, m); return m
     if method == "dac":                                                       # few-shot: the one method that reads labels
         from latteclip.dac import run_dac, DACConfig
         dc = DACConfig(shots=shots, seed=seed); r = run_dac(clip, ds, dc, shots_clean=shots_clean)
@@ -71,6 +90,8 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
                       tip_adapter_top1=sc(r["tip_adapter"])["top1"], shots=shots, shots_clean=shots_clean,
                       shot_files=[ds.keys[i] for i in r["shot"]], seed=seed, config=asdict(dc), history=dict(loss=r["losses"]))
         write_report(out, m); return m
+    if method.startswith("ueo"):                                              # label-free, open set
+        return _run_ueo(method, clip, ds, cfg, known_classes, out, t0)
     train = ds.unlabeled()                                                    # the method never sees a label
     pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model)
     zs = scores(pl.labels.numpy(), ds.labels, len(ds.classes))
@@ -100,11 +121,37 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     return m
 
 # %% ../nbs/16_report.ipynb 10
+def _run_ueo(method, clip, ds, cfg, known_classes, out, t0):
+    import csv
+    from latteclip.ueo import run_ueo
+    r = run_ueo(clip, ds, cfg, known_classes, 4 if method == "ueo-open" else 0)
+    kidx, names = r["known"], r["known_classes"]
+    remap = {c: j for j, c in enumerate(kidx)}
+    if ds.has_labels:                                                         # scored on the known-class images
+        keep = [i for i, l in enumerate(ds.labels) if l in remap]
+        test = ds.subset(keep)._copy(classes=names, labels=[remap[ds.labels[i]] for i in keep])
+    else: keep, test = list(range(len(ds))), ds._copy(classes=names)
+    h = r["history"]
+    m = write_run(out, method, test, clip, r["logits_after"][keep], time.time() - t0,
+                  auroc=r.get("ueo_auroc"), zeroshot_top1=r.get("zeroshot_top1"), zeroshot_per_class_mean=r.get("zeroshot_per_class_mean"),
+                  zeroshot_auroc=r.get("zeroshot_auroc"), known_classes=names, n_unlabeled=len(ds),
+                  n_unknown_images=int((~r["is_known"]).sum()) if "is_known" in r else None, seed=cfg.seed,
+                  weight_scale=cfg.weight_scale if cfg.weight_scale is not None else clip.logit_scale,
+                  config=asdict(cfg), history=dict(loss=h.loss, sharpen=h.sharpen, marginal=h.marginal, seconds=h.seconds))
+    prob = r["logits_after"].float().softmax(-1); msp, pred = prob.max(-1)
+    with open(Path(out) / "open_set.csv", "w", newline="") as fh:
+        w = csv.writer(fh); w.writerow(["path", "prediction", "max_softmax"] + (["known_class"] if "is_known" in r else []))
+        for i in range(len(ds)):
+            w.writerow([ds.keys[i], names[pred[i]], f"{msp[i]:.4f}"] + ([int(r["is_known"][i])] if "is_known" in r else []))
+    write_report(out, m); return m
+
+# %% ../nbs/16_report.ipynb 12
 def write_report(out, m:dict, hist=None):
     "Write `report.md` (and `curves.png`) for a finished run."
     import matplotlib.pyplot as plt
     out = Path(out); lines = [f"# {m['method']} on {m['dataset']}" + (f" ({m['shift']})" if m.get("shift") else ""), ""]
     rows = [dict(metric=k, value=m.get(k)) for k in ["top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "tip_adapter_top1", "shots",
+                                                     "auroc", "zeroshot_auroc",
                                                      "n_images", "n_classes", "seconds", "peak_rss_mb"] if k in m]
     lines += [rows_to_markdown(rows), ""]
     if hist is not None and hist.loss:
@@ -121,8 +168,8 @@ def write_report(out, m:dict, hist=None):
         lines += [f"## Skipped files ({len(m['skipped'])})", ""] + [f"- `{s['path']}`: {s['reason']}" for s in m["skipped"]] + [""]
     (out / "report.md").write_text("\n".join(lines))
 
-# %% ../nbs/16_report.ipynb 12
-TABLE_COLS = ["method", "top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "seconds"]
+# %% ../nbs/16_report.ipynb 14
+TABLE_COLS = ["method", "top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "n_images", "seconds"]
 
 def compare(methods, data=None, classes=None, shift=None, out="runs/compare", **kw)->list:
     "Run each method on the same data into `out/<method>/`; write `table.md` and `table.json`; return the rows."
@@ -136,7 +183,25 @@ def compare(methods, data=None, classes=None, shift=None, out="runs/compare", **
     for m in methods:
         r = run_method(m, out=out / m, ds=ds, **kw)
         rows.append({k: r.get(k) for k in ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean",
-                                           "zeroshot_top1", "top1_text", "top1_prototypes", "seconds", "peak_rss_mb", "skipped"]})
+                                           "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "seconds", "peak_rss_mb", "skipped"]})
         write_json(rows, out / "table.json")
         (out / "table.md").write_text(rows_to_markdown(rows, TABLE_COLS) + "\n")
+        plot_table(rows, out / "table.png")
     return rows
+
+def plot_table(rows:list, path=None):
+    "One bar per method: top-1 (known-class top-1 for the open-set rows), with the zero-shot top-1 as a dashed line."
+    import matplotlib.pyplot as plt
+    rows = [r for r in rows if r.get("top1") is not None]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * max(1, len(rows)), 3))
+    if rows:
+        bars = ax.bar([r["method"] for r in rows], [r["top1"] for r in rows], color="tab:blue")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        zs = [r for r in rows if r["method"] == "zeroshot"]
+        if zs: ax.axhline(zs[0]["top1"], color="gray", ls="--", lw=1, label="zero-shot")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylabel("top-1 (%)"); ax.tick_params(axis="x", rotation=30, labelsize=8)
+    title = rows[0].get("dataset", "") + (f" ({rows[0]['shift']})" if rows and rows[0].get("shift") else "") if rows else ""
+    ax.set_title(title, fontsize=9); fig.tight_layout()
+    if path: fig.savefig(path, dpi=90); plt.close(fig)
+    return fig

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_texts.ipynb 3
 from __future__ import annotations
-import json, os
+import json, os, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -134,8 +134,10 @@ class TextCache:
         if self.path.exists(): self._load()
     def _load(self):
         raw = self.path.read_bytes()
-        if raw and not raw.endswith(b"\n"):                       # a torn last record: cut it off
-            raw = raw[: raw.rfind(b"\n") + 1]; self.path.write_bytes(raw)
+        if raw and not raw.endswith(b"\n"):                       # a torn last record (an interrupted write): cut it off
+            raw = raw[: raw.rfind(b"\n") + 1]; self.path.write_bytes(raw); n = raw.count(b"\n") + 1
+            warnings.warn(f"The text cache {self.path} ended in an incomplete record (line {n}, from an interrupted "
+                          "write); it was removed and will be generated again.", stacklevel=2)
         for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
             if not line.strip(): continue
             try: rec = json.loads(line); self.texts[rec["key"]] = rec["text"]

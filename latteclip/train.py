@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
-from .core import LatteError, progress, seed_everything, generator, out_dir, write_json
+from .core import LatteError, Interrupted, StopRequest, progress, seed_everything, generator, out_dir, write_json
 from .models import encode_images, encode_texts, encode_tokens
 from .pretrain import load_pixels, augment, _normalizer, _param_groups, _bf16_ok
 from .prototypes import Prototypes
@@ -117,13 +117,31 @@ def flyp_loss(model, f, y_zs, bank:TextBank):
     return clip_loss(f, g_cls[y_zs], model.logit_scale.exp())
 
 # %% ../nbs/15_train.ipynb 13
-def _save(out, model, P, opt, sched, epoch, hist):
+def _save(out, model, P, opt, sched, hist, epoch:int, step:int=0, g=None, partial:dict=None):
+    "Write the weights, then the optimiser state, each to a temporary file renamed into place; both carry `epoch:step`."
+    tag = f"{epoch}:{step}"
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     if P is not None: sd["__prototypes__"] = P.P.contiguous()
-    save_file(sd, str(out / "checkpoint.safetensors.tmp")); os.replace(out / "checkpoint.safetensors.tmp", out / "checkpoint.safetensors")
-    torch.save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch,
+    save_file(sd, str(out / "checkpoint.safetensors.tmp"), metadata={"tag": tag})
+    torch.save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch, step=step, tag=tag,
+                    g=g.get_state() if g is not None else None, partial=partial or {},
                     hist={k: v for k, v in asdict(hist).items()}), out / "state.pt.tmp")
-    os.replace(out / "state.pt.tmp", out / "state.pt")
+    os.replace(out / "checkpoint.safetensors.tmp", out / "checkpoint.safetensors")   # a kill between the two renames
+    os.replace(out / "state.pt.tmp", out / "state.pt")                               # leaves a complete state.pt.tmp
+
+def _load_state(out:Path)->tuple:
+    "The weights and the matching optimiser state of the last complete checkpoint in `out`."
+    from safetensors import safe_open
+    def load(f):
+        try: return torch.load(f, weights_only=True)
+        except pickle.UnpicklingError: raise LatteError(f"Refused to resume from {f}: it holds code or objects other than tensors.") from None
+    with safe_open(out / "checkpoint.safetensors", "pt") as fh: tag = (fh.metadata() or {}).get("tag")
+    s = load(out / "state.pt")
+    if tag is not None and s.get("tag", tag) != tag and (out / "state.pt.tmp").exists():     # killed between the renames
+        s = load(out / "state.pt.tmp"); os.replace(out / "state.pt.tmp", out / "state.pt")
+    if tag is not None and s.get("tag", tag) != tag:
+        raise LatteError(f"The checkpoint in {out} is inconsistent (weights at {tag}, optimiser at {s.get('tag')}): start again without --resume.")
+    return load_file(out / "checkpoint.safetensors"), s
 
 def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              y_zs:torch.Tensor, # (N,) zero-shot pseudo-labels (stage 1)
@@ -133,7 +151,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              stop_after:int=None, # stop after this epoch (a checkpoint to resume from stays in `out`)
              on_step=None, # optional callback(epoch, step, loss) after each optimizer step (used by the benchmark)
             )->tuple:
-    "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`."
+    "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`. SIGINT/SIGTERM stop it at the next step with a checkpoint."
     cfg = cfg or TrainConfig(); seed_everything(cfg.seed)
     if cfg.method not in ("latteclip", "flyp"): raise LatteError(f"Unknown training method {cfg.method}.")
     model, dev = clip.model, clip.device
@@ -150,47 +168,60 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
     P = None
     if cfg.method == "latteclip":
         with torch.no_grad(): model.eval(); P = Prototypes(bank.encode(model, bank.cls, dev).float(), momentum=1 - cfg.alpha).to(dev)
-    hist, start = History(), 0
+    hist, start, s = History(), 0, {}
     if P is not None: hist.prototypes.append(P.P.cpu().clone())
     if out is not None: out = out_dir(out)
     if resume and out is not None and (out / "state.pt").exists():
-        sd = load_file(out / "checkpoint.safetensors")
+        sd, s = _load_state(out)
         if P is not None: P.P.copy_(sd.pop("__prototypes__"))
         model.load_state_dict(sd)
-        try: s = torch.load(out / "state.pt", weights_only=True)
-        except pickle.UnpicklingError: raise LatteError(f"Refused to resume from {out / 'state.pt'}: it holds code or objects other than tensors.") from None
         opt.load_state_dict(s["opt"]); sched.load_state_dict(s["sched"]); start = s["epoch"]; hist = History(**s["hist"])
-    for epoch in range(start, cfg.epochs):
-        model.train(); t0, losses, agree = time.time(), [], []
-        g = generator(cfg.seed * 1000 + epoch)
-        perm = torch.randperm(N, generator=g)[:steps * bs].view(steps, bs)
-        bar = progress(perm, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}")
-        for idx in bar:
-            x = pixels[idx]
-            x = augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.
-            x = norm(x).to(dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                f = model.encode_image(x, normalize=True)                                   # (B, D)
-                if cfg.method == "flyp": loss = flyp_loss(model, f, y_zs[idx].to(dev), bank)
-                else:
-                    loss, parts, mixed, labs, y_ft = latteclip_loss(model, f, idx, y_zs[idx].to(dev), P, bank, cfg, g)
-                    agree.append((y_ft.cpu() == y_zs[idx]).float().mean().item())
-            loss = loss.float()
-            if not torch.isfinite(loss):
-                raise LatteError(f"The loss became {loss.item()} in epoch {epoch + 1}: lower --lr. " +
-                                 (f"The last good checkpoint is in {out}." if out else ""))
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-            with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
-            if P is not None: P.update(mixed.float(), labs)
-            losses.append(loss.item()); bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-            if on_step is not None: on_step(epoch, len(losses), losses[-1])
-        hist.loss.append(float(np.mean(losses))); hist.seconds.append(round(time.time() - t0, 2))
-        hist.agreement.append(float(np.mean(agree)) if agree else None)
-        if P is not None: hist.prototypes.append(P.P.cpu().clone())
-        clip._text_cache.clear(); model.eval()
-        if evaluate is not None: hist.eval.append(evaluate(clip, P, encode_pixels(clip, pixels, norm)))
-        if out is not None: _save(out, model, P, opt, sched, epoch + 1, hist)
-        if stop_after is not None and epoch + 1 >= stop_after: break
+    last_good = start if out is not None and (out / "state.pt").exists() else None
+    with StopRequest() as stop:
+        for epoch in range(start, cfg.epochs):
+            model.train(); t0, losses, agree, done = time.time(), [], [], 0
+            g = generator(cfg.seed * 1000 + epoch)
+            perm = torch.randperm(N, generator=g)[:steps * bs].view(steps, bs)
+            if epoch == start and s.get("step"):                                   # resume inside an interrupted epoch
+                done = s["step"]; g.set_state(s["g"]); losses, agree = list(s["partial"]["losses"]), list(s["partial"]["agree"])
+                t0 -= s["partial"]["seconds"]
+            bar = progress(perm[done:], desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
+            for idx in bar:
+                x = pixels[idx]
+                x = augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.
+                x = norm(x).to(dev)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    f = model.encode_image(x, normalize=True)                               # (B, D)
+                    if cfg.method == "flyp": loss = flyp_loss(model, f, y_zs[idx].to(dev), bank)
+                    else:
+                        loss, parts, mixed, labs, y_ft = latteclip_loss(model, f, idx, y_zs[idx].to(dev), P, bank, cfg, g)
+                        agree.append((y_ft.cpu() == y_zs[idx]).float().mean().item())
+                loss = loss.float()
+                if not torch.isfinite(loss):
+                    where = (f"The last good checkpoint (after epoch {last_good}) is in {out}: resume from it with --resume and a lower --lr."
+                             if last_good is not None else "No checkpoint was written yet.")
+                    raise LatteError(f"Training stopped: the loss became {loss.item()} in epoch {epoch + 1}, step {len(losses) + 1}. "
+                                     f"Lower --lr (now {cfg.lr:g}). {where}")
+                opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+                with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
+                if P is not None: P.update(mixed.float(), labs)
+                losses.append(loss.item()); bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+                if on_step is not None: on_step(epoch, len(losses), losses[-1])
+                if stop and len(losses) < steps:                                    # SIGINT/SIGTERM: save mid-epoch and stop
+                    where = "no checkpoint folder was given"
+                    if out is not None:
+                        _save(out, model, P, opt, sched, hist, epoch, len(losses), g,
+                              dict(losses=losses, agree=agree, seconds=time.time() - t0)); where = f"a checkpoint is in {out}: add --resume to go on"
+                    raise Interrupted(f"stopped by signal {stop.signum} in epoch {epoch + 1}, step {len(losses)} of {steps}; {where}.")
+            hist.loss.append(float(np.mean(losses))); hist.seconds.append(round(time.time() - t0, 2))
+            hist.agreement.append(float(np.mean(agree)) if agree else None)
+            if P is not None: hist.prototypes.append(P.P.cpu().clone())
+            clip._text_cache.clear(); model.eval()
+            if evaluate is not None: hist.eval.append(evaluate(clip, P, encode_pixels(clip, pixels, norm)))
+            if out is not None: _save(out, model, P, opt, sched, hist, epoch + 1); last_good = epoch + 1
+            if stop: raise Interrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; " +
+                                       (f"a checkpoint is in {out}: add --resume to go on." if out is not None else "no checkpoint folder was given."))
+            if stop_after is not None and epoch + 1 >= stop_after: break
     model.eval(); clip._text_cache.clear()
     return P, hist
 
