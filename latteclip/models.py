@@ -79,8 +79,12 @@ def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32",
 
 # %% ../nbs/02_models.ipynb 11
 def loader(ds, batch_size:int=256, shuffle:bool=False, num_workers:int=None, seed:int=0, drop_last:bool=False):
-    "A `DataLoader` over an `ImageSet` with sensible worker defaults."
-    if num_workers is None: num_workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if len(ds) > 2 * batch_size else 0
+    "A `DataLoader` over an `ImageSet`; by default worker processes only with more than 2 cores and 2 batches."
+    if num_workers is None:
+        # on 2 cores a worker process competes with the model's threads, and starting it (a fork per call) costs
+        # more than it saves (measured in the benchmark notebook's scaling runs)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        num_workers = min(4, cores // 2) if cores > 2 and len(ds) > 2 * batch_size else 0
     g = torch.Generator(); g.manual_seed(seed)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                                        generator=g, drop_last=drop_last, persistent_workers=False)
