@@ -95,6 +95,8 @@ def parser()->argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     t.add_argument("--stop-after", type=int, default=None, help="stop after this epoch, leaving a checkpoint to --resume from")
     t.add_argument("--device", default=None)
+    d = sub.add_parser("docs", help="the documentation site as static HTML, offline (notebooks, README, API), checked")
+    d.add_argument("--root", default=".", help="the repository (README.md and nbs/)"); d.add_argument("--out", default="_site")
     sub.add_parser("shifts", help="list the distribution shifts")
     return p
 
@@ -169,6 +171,12 @@ def main(argv=None)->int:
             print(json.dumps(bench(args.out, args.n, models=tuple(args.models.split(",")), quick=args.quick), indent=2))
         elif args.command == "robustness": _robustness(args)
         elif args.command == "pretrain": _pretrain(args)
+        elif args.command == "docs":
+            from latteclip.site import build_site, check_site
+            site = build_site(args.root, args.out); problems = check_site(site["out"], site["notebooks"])
+            for p in problems: print(f"latteclip: site: {p}", file=sys.stderr)
+            print(f"{len(site['notebooks'])} notebooks, {len(site['pages'])} pages in {site['out']}; {len(problems)} problems")
+            if problems: return 1
         elif args.command == "shifts":
             from latteclip.data import SHIFTS
             print("\n".join(f"{n}{'' if n == 'grayscale' else ':1..5'}" for n in sorted(SHIFTS)))
