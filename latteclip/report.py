@@ -74,6 +74,7 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
         cfg = _config(UEOConfig, {}, {**common, **overrides})
     out = out_dir(out); t0 = time.time(); seed_everything(seed); reset_peak_rss()   # peak_rss_mb: this run's own
     desc = make_describer(describer) if method in VARIANTS and cfg.kinds != ("class",) else None
+    cache = TextCache(Path(text_cache) if text_cache else cache_dir("texts") / "texts.jsonl") if desc is not None else None   # a damaged cache fails now
     ds = ds if ds is not None else open_data(data, classes, shift, download=download)
     if method.startswith("ueo"):
         from latteclip.ueo import known_split
@@ -96,7 +97,6 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model)
     zs = scores(pl.labels.numpy(), ds.labels, len(ds.classes))
     if desc is not None and cfg.kinds != ("class",):                          # stage 2
-        cache = TextCache(Path(text_cache) if text_cache else cache_dir("texts") / "texts.jsonl")
         texts = synthetic_texts(train, pl.labels, desc, cache, groups_per_class, seed=seed)
     else:
         texts = Texts(list(ds.classes), [TEMPLATE.format(c) for c in ds.classes], [TEMPLATE.format(ds.classes[l]) for l in pl.labels],

@@ -97,3 +97,28 @@ def test_nothing_valid_exits_2_with_one_sentence(embedded, tmp_path):
         r = latteclip("run", "--method", method, "--data", root, "--out", tmp_path / method)
         assert r.returncode == 2 and "No readable image left" in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_configuration_errors_exit_2_before_any_work(small_tree, tmp_path):
+    "Each mistake: exit 2, one line naming it, no traceback, and nothing trained (no run files written)."
+    bad_jsonl = tmp_path / "texts.jsonl"; bad_jsonl.write_text('{"path": "a.jpg", "text": "x"}\n{"path": "b.jpg"}\n')
+    damaged = tmp_path / "cache.jsonl"; damaged.write_text('{"key": "a", "text": "x"}\nnot json\n')
+    ro = tmp_path / "a file"; ro.write_text("x")                               # a folder cannot be made inside it (even as root)
+    cases = [(["--method", "magic"], "invalid choice"),
+             (["--model", "ViT-Q-99"], "Unknown model"),
+             (["--shift", "rain:3"], "Unknown shift"),
+             (["--describer", "magic"], "Unknown describer"),
+             (["--data", small_tree, "--classes", "airplane,automobile"], "are not among --classes"),
+             (["--data", small_tree / "bird", "--classes", "cat,Cat"], "Duplicate class names"),
+             (["--method", "dac", "--data", small_tree, "--shots", "21"], "--shots 21 is more than some classes hold"),
+             (["--data", small_tree, "--out", ro / "run"], "Cannot write"),
+             (["--data", small_tree, "--describer", f"jsonl:{bad_jsonl}"], "line 2: a record needs the string field(s) text"),
+             (["--data", small_tree, "--text-cache", damaged], "damaged at line 2"),
+             (["--method", "ueo", "--data", small_tree, "--known-classes", "airplane,zebra"], "--known-classes zebra not among")]
+    for args, words in cases:
+        out = [] if "--out" in args else ["--out", tmp_path / "o"]
+        r = latteclip("run", *args, *out, timeout=120)
+        assert r.returncode == 2, (args, r.stderr[-500:])
+        assert words in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-500:])
+        if "invalid choice" not in words: assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "o" / "metrics.json").exists() and not (tmp_path / "o" / "checkpoints").exists()
