@@ -92,7 +92,7 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
                       shot_files=[ds.keys[i] for i in r["shot"]], seed=seed, config=asdict(dc), history=dict(loss=r["losses"]))
         write_report(out, m); return m
     if method.startswith("ueo"):                                              # label-free, open set
-        return _run_ueo(method, clip, ds, cfg, known_classes, out, t0)
+        return _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume)
     train = ds.unlabeled()                                                    # the method never sees a label
     pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model)
     zs = scores(pl.labels.numpy(), ds.labels, len(ds.classes))
@@ -121,10 +121,10 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     return m
 
 # %% ../nbs/16_report.ipynb 10
-def _run_ueo(method, clip, ds, cfg, known_classes, out, t0):
+def _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume=False):
     import csv
     from latteclip.ueo import run_ueo
-    r = run_ueo(clip, ds, cfg, known_classes, 4 if method == "ueo-open" else 0)
+    r = run_ueo(clip, ds, cfg, known_classes, 4 if method == "ueo-open" else 0, out=Path(out) / "checkpoints", resume=resume)
     kidx, names = r["known"], r["known_classes"]
     remap = {c: j for j, c in enumerate(kidx)}
     if ds.has_labels:                                                         # scored on the known-class images

@@ -117,11 +117,11 @@ def flyp_loss(model, f, y_zs, bank:TextBank):
     return clip_loss(f, g_cls[y_zs], model.logit_scale.exp())
 
 # %% ../nbs/15_train.ipynb 13
-def _save(out, model, P, opt, sched, hist, epoch:int, step:int=0, g=None, partial:dict=None):
-    "Write the weights, then the optimiser state, each to a temporary file renamed into place; both carry `epoch:step`."
+def _save(out, model, extra:dict, opt, sched, hist, epoch:int, step:int=0, g=None, partial:dict=None):
+    "Write the weights (and the `extra` tensors), then the optimiser state, each to a temporary file renamed into place; both carry `epoch:step`."
     tag = f"{epoch}:{step}"
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if P is not None: sd["__prototypes__"] = P.P.contiguous()
+    sd.update({k: v.detach().contiguous() for k, v in extra.items()})
     save_file(sd, str(out / "checkpoint.safetensors.tmp"), metadata={"tag": tag})
     torch.save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch, step=step, tag=tag,
                     g=g.get_state() if g is not None else None, partial=partial or {},
@@ -210,7 +210,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
                 if stop and len(losses) < steps:                                    # SIGINT/SIGTERM: save mid-epoch and stop
                     where = "no checkpoint folder was given"
                     if out is not None:
-                        _save(out, model, P, opt, sched, hist, epoch, len(losses), g,
+                        _save(out, model, {"__prototypes__": P.P} if P is not None else {}, opt, sched, hist, epoch, len(losses), g,
                               dict(losses=losses, agree=agree, seconds=time.time() - t0)); where = f"a checkpoint is in {out}: add --resume to go on"
                     raise Interrupted(f"stopped by signal {stop.signum} in epoch {epoch + 1}, step {len(losses)} of {steps}; {where}.")
             hist.loss.append(float(np.mean(losses))); hist.seconds.append(round(time.time() - t0, 2))
@@ -218,7 +218,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
             if P is not None: hist.prototypes.append(P.P.cpu().clone())
             clip._text_cache.clear(); model.eval()
             if evaluate is not None: hist.eval.append(evaluate(clip, P, encode_pixels(clip, pixels, norm)))
-            if out is not None: _save(out, model, P, opt, sched, hist, epoch + 1); last_good = epoch + 1
+            if out is not None: _save(out, model, {"__prototypes__": P.P} if P is not None else {}, opt, sched, hist, epoch + 1); last_good = epoch + 1
             if stop: raise Interrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; " +
                                        (f"a checkpoint is in {out}: add --resume to go on." if out is not None else "no checkpoint folder was given."))
             if stop_after is not None and epoch + 1 >= stop_after: break

@@ -8,10 +8,10 @@ import math, time
 from dataclasses import dataclass, asdict, field
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from .core import LatteError, seed_everything, generator, progress
+from .core import LatteError, Interrupted, StopRequest, seed_everything, generator, progress, out_dir
 from .models import TEMPLATE, zeroshot_classifier
 from .pretrain import load_pixels, augment, _normalizer, _bf16_ok
-from .train import encode_pixels
+from .train import encode_pixels, _save, _load_state
 
 # %% auto 0
 __all__ = ['entropy', 'ueo_loss', 'confidence_weights', 'PromptLearner', 'norm_affines', 'known_split', 'auroc', 'UEOConfig',
@@ -135,6 +135,7 @@ def ueo_predict(clip, prompts:PromptLearner, pixels:torch.Tensor, norm)->torch.T
 def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place) and an unlabeled `ImageSet`
             classes:list, # the known class names the prompts are built for
             cfg:UEOConfig=None, on_step=None, # optional callback(epoch, step, loss)
+            out=None, resume:bool=False, # checkpoint folder: every epoch, and at the step reached on SIGINT/SIGTERM
            )->tuple:
     "Train UEO on `ds`; returns `(PromptLearner, dict(w, logits_before, logits_after, history))`."
     cfg = cfg or UEOConfig(); seed_everything(cfg.seed)
@@ -151,42 +152,61 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
     opt = torch.optim.SGD([{"params": [prompts.ctx]}, {"params": affines}], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and _bf16_ok(dev))
-    hist = UEOHistory(); s = model.logit_scale.exp().clamp(max=100).detach()
+    hist, start, st = UEOHistory(), 0, {}; s = model.logit_scale.exp().clamp(max=100).detach()
+    if out is not None: out = out_dir(out)
+    if resume and out is not None and (out / "state.pt").exists():                    # the same files as `finetune`
+        sd, st = _load_state(out)
+        with torch.no_grad(): prompts.ctx.copy_(sd.pop("__ctx__"))
+        model.load_state_dict(sd); opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"])
+        start, hist = st["epoch"], UEOHistory(**st["hist"])
+    save = lambda epoch, step=0, g=None, partial=None: _save(out, model, {"__ctx__": prompts.ctx}, opt, sched, hist, epoch, step, g, partial)
     model.eval()                                                                       # statistics frozen, affines learn
-    for epoch in range(cfg.epochs):
-        t0, parts = time.time(), []
-        g = generator(cfg.seed * 1000 + epoch)
-        perm = torch.randperm(N, generator=g)[:steps * bs].view(steps, bs)
-        bar = progress(perm, desc=f"ueo epoch {epoch + 1}/{cfg.epochs}")
-        for idx in bar:
-            x = pixels[idx]
-            x = augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                f = model.encode_image(norm(x).to(dev), normalize=True)
-                logits = s * f.float() @ prompts().float().T
-            loss = ueo_loss(logits, w[idx].to(dev), cfg.lam)
-            if not torch.isfinite(loss): raise LatteError(f"The UEO loss became {loss.item()} in epoch {epoch + 1}: lower --lr.")
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-            with torch.no_grad():
-                p = logits.float().softmax(-1); wb = w[idx].to(dev)
-                parts.append((loss.item(), float((wb * entropy(p)).sum() / wb.sum()),
-                              float(entropy((p / wb[:, None]).sum(0) / (1 / wb).sum()))))
-            bar.set_postfix(loss=f"{np.mean([q[0] for q in parts[-10:]]):.3f}")
-            if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
-        a = np.asarray(parts).mean(0)
-        hist.loss.append(float(a[0])); hist.sharpen.append(float(a[1])); hist.marginal.append(float(a[2]))
-        hist.seconds.append(round(time.time() - t0, 2))
+    with StopRequest() as stop:
+        for epoch in range(start, cfg.epochs):
+            t0, parts, done = time.time(), [], 0
+            g = generator(cfg.seed * 1000 + epoch)
+            perm = torch.randperm(N, generator=g)[:steps * bs].view(steps, bs)
+            if epoch == start and st.get("step"):                                      # inside an interrupted epoch
+                done = st["step"]; g.set_state(st["g"]); parts = [tuple(q) for q in st["partial"]["parts"]]; t0 -= st["partial"]["seconds"]
+            bar = progress(perm[done:], desc=f"ueo epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
+            for idx in bar:
+                x = pixels[idx]
+                x = augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    f = model.encode_image(norm(x).to(dev), normalize=True)
+                    logits = s * f.float() @ prompts().float().T
+                loss = ueo_loss(logits, w[idx].to(dev), cfg.lam)
+                if not torch.isfinite(loss):
+                    raise LatteError(f"Training stopped: the UEO loss became {loss.item()} in epoch {epoch + 1}, step {len(parts) + 1}. "
+                                     f"Lower --lr (now {cfg.lr:g})." + (f" The last good checkpoint is in {out}." if out is not None and epoch > 0 else ""))
+                opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+                with torch.no_grad():
+                    p = logits.float().softmax(-1); wb = w[idx].to(dev)
+                    parts.append((loss.item(), float((wb * entropy(p)).sum() / wb.sum()),
+                                  float(entropy((p / wb[:, None]).sum(0) / (1 / wb).sum()))))
+                bar.set_postfix(loss=f"{np.mean([q[0] for q in parts[-10:]]):.3f}")
+                if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
+                if stop and len(parts) < steps:                                        # SIGINT/SIGTERM: save mid-epoch, stop
+                    if out is not None: save(epoch, len(parts), g, dict(parts=parts, seconds=time.time() - t0))
+                    raise Interrupted(f"stopped by signal {stop.signum} in epoch {epoch + 1}, step {len(parts)} of {steps}; " +
+                                      (f"a checkpoint is in {out}: add --resume to go on." if out is not None else "no checkpoint folder was given."))
+            a = np.asarray(parts).mean(0)
+            hist.loss.append(float(a[0])); hist.sharpen.append(float(a[1])); hist.marginal.append(float(a[2]))
+            hist.seconds.append(round(time.time() - t0, 2))
+            if out is not None: save(epoch + 1)
+            if stop: raise Interrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; " +
+                                       (f"a checkpoint is in {out}: add --resume to go on." if out is not None else "no checkpoint folder was given."))
     for p in model.parameters(): p.requires_grad_(True)
     model.eval(); clip._text_cache.clear()
     return prompts, dict(w=w, logits_before=before, logits_after=ueo_predict(clip, prompts, pixels, norm), history=hist)
 
 # %% ../nbs/21_ueo.ipynb 16
 def run_ueo(clip, ds, # a `Clip` and an `ImageSet` (labels are read only by the evaluation at the end)
-            cfg:UEOConfig=None, known=None, n_unknown:int=0, on_step=None)->dict:
+            cfg:UEOConfig=None, known=None, n_unknown:int=0, on_step=None, out=None, resume:bool=False)->dict:
     "UEO end to end on `ds` with the known classes `known` (see `known_split`); logits and scores before and after."
     from latteclip.zeroshot import scores
     kidx = known_split(ds.classes, known, n_unknown); classes = [ds.classes[i] for i in kidx]
-    prompts, r = fit_ueo(clip, ds.unlabeled(), classes, cfg, on_step)
+    prompts, r = fit_ueo(clip, ds.unlabeled(), classes, cfg, on_step, out, resume)
     res = dict(known=kidx, known_classes=classes, prompts=prompts, **r)
     if ds.has_labels:                                                                  # evaluation only
         remap = {c: j for j, c in enumerate(kidx)}

@@ -50,8 +50,9 @@ def tree(embedded, tmp_path_factory):
     return write_images(embedded, idxs, tmp_path_factory.mktemp("tree320"))
 
 
-def train_cmd(tree, out, *extra):
-    return [sys.executable, "-m", "latteclip", "run", "--method", "latteclip", "--data", str(tree), "--epochs", "3",
+def train_cmd(tree, out, method, *extra):
+    epochs = "3" if method == "latteclip" else "4"
+    return [sys.executable, "-m", "latteclip", "run", "--method", method, "--data", str(tree), "--epochs", epochs,
             "--batch-size", "16", "--precision", "fp32", "--text-cache", str(out.parent / "texts.jsonl"), "--out", str(out), *extra]
 
 
@@ -68,28 +69,34 @@ def wait_for(path:Path, p, timeout=300):
 
 @pytest.fixture(scope="module")
 def reference(tree, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "run"
-    r = subprocess.run(train_cmd(tree, out), env=ENV, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
+    "Uninterrupted runs, one per method, made on first use."
+    made = {}
+    def get(method):
+        if method not in made:
+            out = tmp_path_factory.mktemp(f"ref-{method}") / "run"
+            r = subprocess.run(train_cmd(tree, out, method), env=ENV, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr[-2000:]
+            made[method] = out
+        return made[method]
+    return get
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_training_resume_after_a_signal_is_exact(tree, reference, tmp_path, sig):
-    out = tmp_path / "run"
-    p = subprocess.Popen(train_cmd(tree, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("method,sig", [("latteclip", signal.SIGKILL), ("latteclip", signal.SIGTERM), ("ueo", signal.SIGTERM)])
+def test_training_resume_after_a_signal_is_exact(tree, reference, tmp_path, method, sig):
+    ref, out = reference(method), tmp_path / "run"
+    p = subprocess.Popen(train_cmd(tree, out, method), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(out / "checkpoints" / "state.pt", p)                              # epoch 1 is saved: now in epoch 2
     time.sleep(0.3); p.send_signal(sig); _, err = p.communicate(timeout=120)
     state = torch.load(out / "checkpoints" / "state.pt", weights_only=True)
     if sig == signal.SIGTERM:                                                   # caught: a checkpoint at the step it reached
         assert p.returncode == 130 and "add --resume to go on" in err and "Traceback" not in err, err[-2000:]
-        assert state["epoch"] < 3
+        assert state["epoch"] < int(train_cmd(tree, out, method)[9])
     else: assert p.returncode == -signal.SIGKILL and state["epoch"] in (1, 2) and state["step"] == 0
-    r = subprocess.run(train_cmd(tree, out, "--resume"), env=ENV, capture_output=True, text=True)
+    r = subprocess.run(train_cmd(tree, out, method, "--resume"), env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    a, b = final_weights(reference), final_weights(out)
+    a, b = final_weights(ref), final_weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    ma, mb = (json.loads((o / "metrics.json").read_text()) for o in (reference, out))
+    ma, mb = (json.loads((o / "metrics.json").read_text()) for o in (ref, out))
     assert ma["top1"] == mb["top1"] and ma["history"]["loss"] == mb["history"]["loss"]
 
 
