@@ -103,12 +103,17 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
                       [[TEMPLATE.format(c)] for c in ds.classes], [[] for _ in ds.classes])
     evaluate = None
     if ds.has_labels:                                                         # accuracy curve only
-        def evaluate(c, P, feats):
+        def evaluate(c, P, feats):                                           # "_pred": kept for the explorer
             r = predict(c, train, texts, P, feats)
-            return {k: scores(v.argmax(1).numpy(), ds.labels, len(ds.classes))["top1"] for k, v in r.items()}
+            return {**{k: scores(v.argmax(1).numpy(), ds.labels, len(ds.classes))["top1"] for k, v in r.items()},
+                    "_pred": r.get(classifier, r["text"]).argmax(1).short()}
     P, hist = finetune(clip, train, pl.labels, texts, cfg, out / "checkpoints", resume, evaluate)   # stages 3-5
+    preds = [e.pop("_pred").tolist() for e in hist.eval if "_pred" in e]
     logits = predict(clip, train, texts, P)
     primary = logits.get(classifier, logits["text"])
+    from latteclip.explore import write_explore, final_mixer_weights
+    spec = str(Path(data).expanduser().resolve()) if data and Path(str(data)).expanduser().exists() else data
+    write_explore(out, ds, pl.labels, texts, final_mixer_weights(clip, texts, pl.labels, P.P) if P is not None else None, preds, spec)
     extra = dict(zeroshot_top1=zs["top1"], zeroshot_per_class_mean=zs["per_class_mean"],
                  top1_text=scores(logits["text"].argmax(1).numpy(), ds.labels, len(ds.classes))["top1"],
                  top1_prototypes=scores(logits["prototypes"].argmax(1).numpy(), ds.labels, len(ds.classes))["top1"] if "prototypes" in logits else None,
@@ -181,7 +186,7 @@ def compare(methods, data=None, classes=None, shift=None, out="runs/compare", **
     out = out_dir(out); ds = open_data(data, classes, shift, download=kw.pop("download", False))
     rows = []
     for m in methods:
-        r = run_method(m, out=out / m, ds=ds, **kw)
+        r = run_method(m, data=data, classes=classes, shift=shift, out=out / m, ds=ds, **kw)
         rows.append({k: r.get(k) for k in ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean",
                                            "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "seconds", "peak_rss_mb", "skipped"]})
         write_json(rows, out / "table.json")

@@ -14,7 +14,7 @@ __all__ = ['MODULES', 'STYLE', 'rewrite_links', 'api_page', 'build_site', 'check
 
 # %% ../nbs/97_site.ipynb 6
 MODULES = ["core", "data", "models", "attributes", "pretrain", "zeroshot", "pseudolabels", "texts", "vlm", "prototypes",
-           "mixer", "train", "report", "bench", "dac", "ueo", "site", "cli"]
+           "mixer", "train", "report", "explore", "bench", "dac", "ueo", "site", "cli"]
 
 def _git_url(root:Path)->str:
     ini = root / "settings.ini"
