@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import LatteError, out_dir
 
 # %% auto 0
-__all__ = ['MODULES', 'STYLE', 'rewrite_links', 'api_page', 'build_site', 'check_site']
+__all__ = ['MODULES', 'STYLE', 'rewrite_links', 'api_page', 'embed_images', 'build_site', 'check_site']
 
 # %% ../nbs/97_site.ipynb 6
 MODULES = ["core", "data", "models", "attributes", "pretrain", "zeroshot", "pseudolabels", "texts", "vlm", "prototypes",
@@ -64,6 +64,16 @@ def api_page(modules:list=None)->str:
                          f"<p>{html.escape(doc)}</p></div>")
     return "\n".join(parts)
 
+def embed_images(page:str, base:Path)->str:
+    "Replace each `<img src>` that names a local file below `base` by a data URI of that file."
+    import base64, mimetypes
+    def fix(m):
+        src = html.unescape(m.group(1)); f = Path(base) / src
+        if re.match(r"^[a-z][a-z0-9+.-]*:", src, re.I) or not f.is_file(): return m.group(0)
+        mime = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
+        return f'src="data:{mime};base64,{base64.b64encode(f.read_bytes()).decode()}"'
+    return re.sub(r'src="([^"]*)"', fix, page)
+
 def build_site(root=".", # the repository: README.md, settings.ini and nbs/
                out="_site")->dict:
     "Render every notebook (with its outputs), the README and the API reference into static HTML in `out`."
@@ -85,6 +95,7 @@ def build_site(root=".", # the repository: README.md, settings.ini and nbs/
         (out / ("notebook-index.html" if p.stem == "index" else f"{p.stem}.html")).write_text(body)
     readme = root / "README.md"
     front = mistune.html(readme.read_text()) if readme.exists() else "<h1>latteclip</h1>"
+    front = embed_images(front, root)
     (out / "index.html").write_text(_page("latteclip", nav, rewrite_links(front, stems, repo)))
     (out / "api.html").write_text(_page("latteclip API", nav, api_page()))
     return dict(out=str(out), notebooks=[p.stem for p in notebooks], pages=sorted(f.name for f in out.glob("*.html")))

@@ -14,6 +14,7 @@ def test_site_of_this_repository(tmp_path):
     front = (site / "index.html").read_text()
     assert 'href="15_train.html"' in front and ".ipynb" not in re.sub(r'href="https://[^"]*"', "", front)
     assert (site / "15_train.html").read_text().count("data:image/png") >= 3          # its plots, embedded
+    assert "data:image/png;base64" in front and "nbs/images" not in front            # the README plot, embedded
     api = (site / "api.html").read_text()
     assert "id='ueo.ueo_loss'" in api and "id='train.finetune'" in api and "Fine-tune" in api
 
