@@ -11,12 +11,18 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto 0
-__all__ = ['ASSETS', 'LatteError', 'Interrupted', 'StopRequest', 'seed_everything', 'generator', 'stable_hash', 'seed_from',
-           'progress', 'default_device', 'peak_rss_mb', 'reset_peak_rss', 'asset', 'out_dir', 'write_json']
+__all__ = ['ASSETS', 'LatteError', 'check_settings', 'Interrupted', 'StopRequest', 'seed_everything', 'generator', 'stable_hash',
+           'seed_from', 'progress', 'default_device', 'peak_rss_mb', 'reset_peak_rss', 'asset', 'out_dir', 'write_json']
 
 # %% ../nbs/00_core.ipynb 5
 class LatteError(Exception):
     "An error the user caused and can fix; the CLI prints it as one sentence and exits with code 2."
+
+def check_settings(checks:list, # `(condition, message)` pairs, the message in the flags' words
+                  ):
+    "Raise one `LatteError` naming every setting whose condition is false (configs call it before any work)."
+    bad = [m for ok, m in checks if not ok]
+    if bad: raise LatteError("; ".join(bad) + ".")
 
 class Interrupted(KeyboardInterrupt):
     "Work stopped by SIGINT/SIGTERM after saving what it had; the message says how to go on (the CLI exits 130)."

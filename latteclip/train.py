@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
-from .core import LatteError, Interrupted, StopRequest, progress, seed_everything, generator, out_dir, write_json
+from .core import LatteError, Interrupted, StopRequest, check_settings, progress, seed_everything, generator, out_dir, write_json
 from .models import encode_images, encode_texts, encode_tokens
 from .pretrain import load_pixels, augment, _normalizer, _param_groups, _bf16_ok
 from .prototypes import Prototypes
@@ -41,13 +41,12 @@ class TrainConfig:
 
     def __post_init__(self):
         "Refuse impossible settings before any work starts, in the flags' words."
-        bad = [m for ok, m in [(self.method in ("latteclip", "flyp"), f"unknown training method {self.method}"),
+        check_settings([(self.method in ("latteclip", "flyp"), f"unknown training method {self.method}"),
                                (self.epochs >= 1, "--epochs must be at least 1"), (self.batch_size >= 2, "--batch-size must be at least 2"),
                                (self.lr > 0, "--lr must be positive"), (self.weight_decay >= 0, "--weight-decay must be >= 0"),
                                (0 < self.alpha <= 1, "--alpha must be in (0, 1]"),
                                (self.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32"),
-                               (set(self.kinds) <= set(KINDS) and "class" in self.kinds, f"kinds must include 'class' and come from {KINDS}")] if not ok]
-        if bad: raise LatteError("; ".join(bad) + ".")
+                               (set(self.kinds) <= set(KINDS) and "class" in self.kinds, f"kinds must include 'class' and come from {KINDS}")])
 
 @dataclass
 class History:

@@ -8,7 +8,7 @@ import math, time
 from dataclasses import dataclass, asdict, field
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from .core import LatteError, Interrupted, StopRequest, seed_everything, generator, progress, out_dir
+from .core import LatteError, Interrupted, StopRequest, check_settings, seed_everything, generator, progress, out_dir
 from .models import TEMPLATE, zeroshot_classifier
 from .pretrain import load_pixels, augment, _normalizer, _bf16_ok
 from .train import encode_pixels, _save, _load_state
@@ -112,12 +112,11 @@ class UEOConfig:
     precision: str = "auto"            # "bf16", "fp32", or "auto" (bf16 where supported)
     seed: int = 0
     def __post_init__(self):
-        bad = [m for ok, m in [(self.epochs >= 1, "--epochs must be at least 1"), (self.batch_size >= 2, "--batch-size must be at least 2"),
+        check_settings([(self.epochs >= 1, "--epochs must be at least 1"), (self.batch_size >= 2, "--batch-size must be at least 2"),
                                (self.lr > 0, "--lr must be positive"), (self.weight_decay >= 0, "--weight-decay must be >= 0"),
                                (self.weight_scale is None or self.weight_scale > 0, "--ueo-weight-scale must be positive"),
                                (self.n_ctx >= 1, "--n-ctx must be at least 1"),
-                               (self.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32")] if not ok]
-        if bad: raise LatteError("; ".join(bad) + ".")
+                               (self.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32")])
 
 @dataclass
 class UEOHistory:
