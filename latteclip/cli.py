@@ -13,7 +13,7 @@ from . import __version__
 __all__ = ['METHODS', 'parser', 'main', 'cli']
 
 # %% ../nbs/99_cli.ipynb 5
-METHODS = ["zeroshot", "latteclip", "flyp-pseudo", "latteclip-class", "latteclip-class-image", "latteclip-uniform", "latteclip-no-zs", "ueo", "ueo-open", "dac"]  # = latteclip.report.METHODS (a test checks), kept here so --help imports no torch
+METHODS = ["zeroshot", "latteclip", "flyp-pseudo", "latteclip-class", "latteclip-class-image", "latteclip-uniform", "latteclip-no-zs", "nola", "ueo", "ueo-open", "dac"]  # = latteclip.report.METHODS (a test checks), kept here so --help imports no torch
 
 def _data_args(p):
     g = p.add_argument_group("data")
@@ -50,11 +50,18 @@ def _train_args(p):
     g.add_argument("--known-classes", default=None, help="UEO: comma-separated known classes; images of the others stay in the data as unknowns (ueo-open default: all but the last 4)")
     g.add_argument("--ueo-weight-scale", type=float, default=None, help="UEO: scale of the softmax behind the confidence weights (default: the model's logit scale; authors' code: 1)")
     g.add_argument("--n-ctx", type=int, default=None, help="UEO: learnable text context tokens (default 4)")
+    g.add_argument("--descriptors", default=None, help="NoLA: class descriptions: shipped (default, the embedded classes), a JSON file {\"classes\": {name: [...]}}, or a causal LM id/folder (transformers text generation)")
+    g.add_argument("--ssl", default=None, help="NoLA: self-supervised vision model: latteclip-dino-tiny (default, shipped), a timm name (vit_small_patch16_224.dino) or a transformers id (facebook/dinov2-small)")
+    g.add_argument("--ssl-weights", default=None, help="NoLA: weights of latteclip-dino-tiny: a .safetensors file or random (default: shipped)")
+    g.add_argument("--n-prompts", type=int, default=None, help="NoLA: visual prompt tokens (default 16 as the paper; the authors' code 50)")
+    g.add_argument("--nola-top-k", type=int, default=None, help="NoLA: confident images per class for the DINO labelling network (default: images / (5 x classes))")
+    g.add_argument("--nola-threshold", type=float, default=None, help="NoLA: labeller confidence needed for a prompt-tuning target (default 0: every image)")
 
 def _overrides(args)->dict:
     "The `TrainConfig` fields set by flags."
     o = dict(weight_decay=args.weight_decay, alpha=args.alpha, augment=False if args.no_augment else None, precision=args.precision,
-             weight_scale=args.ueo_weight_scale, n_ctx=args.n_ctx)
+             weight_scale=args.ueo_weight_scale, n_ctx=args.n_ctx, descriptors=args.descriptors, ssl=args.ssl, ssl_weights=args.ssl_weights,
+             n_prompts=args.n_prompts, top_k=args.nola_top_k, threshold=args.nola_threshold)
     return {k: v for k, v in o.items() if v is not None}
 
 def _shift_for(args):
@@ -73,9 +80,10 @@ def parser()->argparse.ArgumentParser:
     _data_args(r); _model_args(r); _train_args(r)
     r.add_argument("--out", default=None, help="output folder (default: runs/<method>)")
     c = sub.add_parser("compare", help="several methods on the same data, model, shift and seed: table.md and table.json")
-    c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip", help=f"comma-separated, from {', '.join(METHODS)}; or all (zeroshot, flyp-pseudo, latteclip, ueo, ueo-open, dac), or ablation (zeroshot and every LatteCLIP variant)")
+    c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip", help=f"comma-separated, from {', '.join(METHODS)}; or all (zeroshot, flyp-pseudo, latteclip, nola, ueo, ueo-open, dac), or ablation (zeroshot and every LatteCLIP variant)")
     _data_args(c); _model_args(c); _train_args(c)
     c.add_argument("--out", default="runs/compare")
+    c.add_argument("--reuse", action="store_true", help="keep a method's finished run in --out (same data, shift, model and seed) instead of running it again")
     bb = sub.add_parser("bench", help="speed and memory ratios against plain baselines: bench.json")
     bb.add_argument("--out", default="runs/bench"); bb.add_argument("--n", type=int, default=1000, help="images for the scaling and cache measurements")
     bb.add_argument("--quick", action="store_true", help="fewer steps and epochs (a smoke run)")
@@ -95,6 +103,18 @@ def parser()->argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     t.add_argument("--stop-after", type=int, default=None, help="stop after this epoch, leaving a checkpoint to --resume from")
     t.add_argument("--device", default=None)
+    pd = sub.add_parser("pretrain-dino", help="pre-train the shipped self-supervised ViT (DINO, no labels) that NoLA uses")
+    pd.add_argument("--data", required=True, help="folder or .tar/.zip of the pre-training images (class sub-folders are read only for the k-NN check)")
+    pd.add_argument("--out", default="runs/dino")
+    pd.add_argument("--epochs", type=int, default=8); pd.add_argument("--batch-size", type=int, default=256)
+    pd.add_argument("--lr", type=float, default=1e-3); pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--n-local", type=int, default=2, help="local (16 px) crops per image")
+    pd.add_argument("--per-class", type=int, default=None, help="at most this many training images per class (quick runs)")
+    pd.add_argument("--target", default="embedded", help="labelled images for the final k-NN accuracy (default: the embedded target set, clean); none: skip")
+    pd.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    pd.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    pd.add_argument("--stop-after", type=int, default=None, help="stop after this epoch, leaving a checkpoint to --resume from")
+    pd.add_argument("--device", default=None)
     d = sub.add_parser("docs", help="the documentation site as static HTML, offline (notebooks, README, API), checked")
     d.add_argument("--root", default=".", help="the repository (README.md and nbs/)"); d.add_argument("--out", default="_site")
     sub.add_parser("shifts", help="list the distribution shifts")
@@ -122,6 +142,9 @@ def _run(args):
             au = lambda v: "n/a" if v is None else f"{v}%"
             print(f"known classes {', '.join(m['known_classes'])}: zero-shot top-1 {m['zeroshot_top1']}% (AUROC {au(m['zeroshot_auroc'])}) "
                   f"-> UEO {m['top1']}% (AUROC {au(m['auroc'])}), {m['n_unknown_images']} unknown-class images")
+        elif m["method"] == "nola":
+            print(f"zero-shot top-1 {m['zeroshot_top1']}% -> descriptions {m['descriptor_top1']}%, DINO labelling network {m['head_top1']}% "
+                  f"-> NoLA {m['top1']}% ({m['n_prompts']} visual prompts)")
         elif m["method"] == "dac": print(f"{m['shots']} shots per class: zero-shot {m['zeroshot_top1']}%, Tip-Adapter {m['tip_adapter_top1']}% -> DAC {m['top1']}% on the other images")
         else: print(f"zero-shot top-1 {m['zeroshot_top1']}% -> {m['method']} {m['top1']}% (text classifier {m['top1_text']}%, prototypes {m['top1_prototypes']}%)")
     top = "n/a (no labels)" if m["top1"] is None else f"{m['top1']}%"
@@ -137,7 +160,7 @@ def _compare(args):
                    describer=args.describer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    device=args.device, classifier=args.classifier, groups_per_class=args.groups_per_class,
                    text_cache=args.text_cache, download=args.download, shots=args.shots, shots_clean=args.shots_clean,
-                   known_classes=args.known_classes, **_overrides(args))
+                   known_classes=args.known_classes, reuse=args.reuse, **_overrides(args))
     print((out / "table.md").read_text())
 
 def _robustness(args):
@@ -157,6 +180,15 @@ def _pretrain(args):
     print(f"pre-trained {log['config']['n_train']} images for {len(log['epochs'])} epochs in {log['seconds']}s: "
           f"held-out zero-shot {log['epochs'][-1]['val_top1']}%, weights {log['weights']} ({log['weights_mb']} MB)")
 
+def _pretrain_dino(args):
+    from latteclip.dino import pretrain_dino
+    log = pretrain_dino(args.data, args.out, args.epochs, args.batch_size, args.lr, args.n_local, seed=args.seed, precision=args.precision,
+                        target=None if args.target == "none" else args.target, per_class=args.per_class, resume=args.resume,
+                        device=args.device, stop_after=args.stop_after)
+    if "weights" not in log: return
+    print(f"DINO pre-training on {log['config']['n_train']} images for {len(log['epochs'])} epochs in {log['seconds']}s: held-out k-NN "
+          f"{log['epochs'][-1]['knn_val_top1']}%, k-NN on the target set {log.get('knn_target_top1', 'n/a')}%, weights {log['weights']} ({log['weights_mb']} MB)")
+
 def main(argv=None)->int:
     "Entry point of the `latteclip` command; returns the exit code."
     args = parser().parse_args(argv)
@@ -171,6 +203,7 @@ def main(argv=None)->int:
             print(json.dumps(bench(args.out, args.n, models=tuple(args.models.split(",")), quick=args.quick), indent=2))
         elif args.command == "robustness": _robustness(args)
         elif args.command == "pretrain": _pretrain(args)
+        elif args.command == "pretrain-dino": _pretrain_dino(args)
         elif args.command == "docs":
             from latteclip.site import build_site, check_site
             site = build_site(args.root, args.out); problems = check_site(site["out"], site["notebooks"])

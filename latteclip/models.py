@@ -42,6 +42,28 @@ class Clip:
         n = sum(p.numel() for p in self.model.parameters()) / 1e6
         return f"Clip({self.name}, pretrained={self.pretrained}, {n:.1f}M parameters, {self.image_size}px, on {self.device})"
 
+def _weights_reachable(model:str, tag:str):
+    "Fail in seconds, with what to do, when the weights of an open_clip tag are neither cached nor downloadable."
+    import open_clip, socket
+    from urllib.parse import urlparse
+    cfg = open_clip.get_pretrained_cfg(model, tag); hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+        repo, fn = os.path.split(hub)
+        if any(isinstance(try_to_load_from_cache(repo, n), str) for n in ([fn] if fn else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])): return
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    elif url:
+        if (Path("~/.cache/clip").expanduser() / os.path.basename(url)).exists(): return
+        host = urlparse(url).hostname
+    else: return
+    how = f"download them where there is a network (they are then cached), or pass the checkpoint file with --pretrained PATH"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise LatteError(f"The weights of {model} ({tag}) are not in the local cache and HF_HUB_OFFLINE is set: {how}.")
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")): return   # only the proxy knows
+    try: socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        raise LatteError(f"The weights of {model} ({tag}) are not in the local cache and {host} cannot be reached ({e}): {how}.") from None
+
 def _describe_pretrained(name, pretrained):
     import open_clip
     tags = open_clip.list_pretrained_tags_by_model(name)
@@ -62,6 +84,7 @@ def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32",
     if pretrained is not None and not Path(pretrained).expanduser().exists():
         if pretrained not in open_clip.list_pretrained_tags_by_model(model):
             raise LatteError(f"'{pretrained}' is neither a checkpoint file nor a pretrained tag of {model} ({_describe_pretrained(model, pretrained)}).")
+        _weights_reachable(model, pretrained)                                 # seconds, not minutes of retries
     elif pretrained is not None: pretrained = str(Path(pretrained).expanduser())
     try:
         with warnings.catch_warnings():

@@ -30,8 +30,8 @@ VARIANTS = {
     "latteclip-uniform": dict(method="latteclip", mixer=False),
     "latteclip-no-zs": dict(method="latteclip", zs_term=False),
 }
-METHODS = ["zeroshot"] + list(VARIANTS) + ["ueo", "ueo-open", "dac"]
-ALL = ["zeroshot", "flyp-pseudo", "latteclip", "ueo", "ueo-open", "dac"]   # `--methods all`: every method, no ablations
+METHODS = ["zeroshot"] + list(VARIANTS) + ["nola", "ueo", "ueo-open", "dac"]
+ALL = ["zeroshot", "flyp-pseudo", "latteclip", "nola", "ueo", "ueo-open", "dac"]   # `--methods all`: every method, no ablations
 ABLATION = ["zeroshot"] + list(VARIANTS)                                 # `--methods ablation`: LatteCLIP's ablations
 
 def make_describer(spec:str):
@@ -64,7 +64,8 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     if method not in METHODS: raise LatteError(f"Unknown method '{method}': choose one of {', '.join(METHODS)}.")
     if classifier not in ("prototypes", "text"): raise LatteError("--classifier must be prototypes or text.")
     if method == "dac" and shots < 1: raise LatteError("--shots must be at least 1.")
-    known_from = [o for o in overrides if o not in ("weight_decay", "alpha", "augment", "precision", "weight_scale", "n_ctx", "lam", "warmup", "momentum")]
+    known_from = [o for o in overrides if o not in ("weight_decay", "alpha", "augment", "precision", "weight_scale", "n_ctx", "lam", "warmup", "momentum",
+                                                  "descriptors", "ssl", "ssl_weights", "n_prompts", "top_k", "threshold")]
     if known_from: raise LatteError(f"Unknown setting(s) {', '.join(known_from)}.")
     common = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
     cfg = None
@@ -72,9 +73,14 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     if method.startswith("ueo"):
         from latteclip.ueo import UEOConfig
         cfg = _config(UEOConfig, {}, {**common, **overrides})
+    if method == "nola":
+        from latteclip.nola import NoLAConfig
+        cfg = _config(NoLAConfig, {}, {**common, **overrides})
     out = out_dir(out); t0 = time.time(); seed_everything(seed); reset_peak_rss()   # peak_rss_mb: this run's own
     desc = make_describer(describer) if method in VARIANTS and cfg.kinds != ("class",) else None
-    cache = TextCache(Path(text_cache) if text_cache else cache_dir("texts") / "texts.jsonl") if desc is not None else None   # a damaged cache fails now
+    llm = method == "nola" and cfg.descriptors != "shipped" and not str(cfg.descriptors).endswith(".json")   # NoLA with an LLM
+    cache = (TextCache(Path(text_cache) if text_cache else cache_dir("texts") / "texts.jsonl")                # a damaged cache fails now
+             if desc is not None or llm else None)
     ds = ds if ds is not None else open_data(data, classes, shift, download=download)
     if method.startswith("ueo"):
         from latteclip.ueo import known_split
@@ -93,6 +99,7 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
         write_report(out, m); return m
     if method.startswith("ueo"):                                              # label-free, open set
         return _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume)
+    if method == "nola": return _run_nola(clip, ds, cfg, out, t0, resume, cache)
     train = ds.unlabeled()                                                    # the method never sees a label
     pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model)
     zs = scores(pl.labels.numpy(), ds.labels, len(ds.classes))
@@ -130,11 +137,10 @@ def _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume=False):
     import csv
     from latteclip.ueo import run_ueo
     r = run_ueo(clip, ds, cfg, known_classes, 4 if method == "ueo-open" else 0, out=Path(out) / "checkpoints", resume=resume)
-    kidx, names = r["known"], r["known_classes"]
-    remap = {c: j for j, c in enumerate(kidx)}
+    names = r["known_classes"]
     if ds.has_labels:                                                         # scored on the known-class images
-        keep = [i for i, l in enumerate(ds.labels) if l in remap]
-        test = ds.subset(keep)._copy(classes=names, labels=[remap[ds.labels[i]] for i in keep])
+        keep = np.flatnonzero(r["is_known"]).tolist()
+        test = ds.subset(keep)._copy(classes=names, labels=r["known_labels"][keep].tolist())
     else: keep, test = list(range(len(ds))), ds._copy(classes=names)
     h = r["history"]
     m = write_run(out, method, test, clip, r["logits_after"][keep], time.time() - t0,
@@ -150,12 +156,30 @@ def _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume=False):
             w.writerow([ds.keys[i], names[pred[i]], f"{msp[i]:.4f}"] + ([int(r["is_known"][i])] if "is_known" in r else []))
     write_report(out, m); return m
 
-# %% ../nbs/16_report.ipynb 12
+# %% ../nbs/16_report.ipynb 13
+def _run_nola(clip, ds, cfg, out, t0, resume=False, cache=None):
+    import csv
+    from latteclip.nola import run_nola
+    r = run_nola(clip, ds, cfg, out=Path(out) / "checkpoints", resume=resume, cache=cache)
+    h = r["history"]
+    m = write_run(out, "nola", ds, clip, r["logits_after"], time.time() - t0,
+                  zeroshot_top1=r.get("zeroshot_top1"), descriptor_top1=r.get("descriptor_top1"), topk_top1=r.get("topk_top1"),
+                  head_top1=r.get("head_top1"), descriptor_per_class=r.get("descriptor_per_class"), head_per_class=r.get("head_per_class"),
+                  top_k=r["top_k"], ssl=r["ssl"], n_prompts=cfg.n_prompts, seed=cfg.seed,
+                  config=asdict(cfg), history=asdict(h))
+    text, head = r["logits_before"].argmax(1), r["head_probs"].argmax(1); conf = set(r["topk_idx"].tolist())
+    with open(Path(out) / "pseudo_labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh); w.writerow(["path", "descriptor_label", "in_confident_set", "dino_label", "nola_prediction"])
+        pred = r["logits_after"].argmax(1)
+        for i in range(len(ds)): w.writerow([ds.keys[i], ds.classes[text[i]], int(i in conf), ds.classes[head[i]], ds.classes[pred[i]]])
+    write_report(out, m); return m
+
+# %% ../nbs/16_report.ipynb 14
 def write_report(out, m:dict, hist=None):
     "Write `report.md` (and `curves.png`) for a finished run."
     import matplotlib.pyplot as plt
     out = Path(out); lines = [f"# {m['method']} on {m['dataset']}" + (f" ({m['shift']})" if m.get("shift") else ""), ""]
-    rows = [dict(metric=k, value=m.get(k)) for k in ["top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "tip_adapter_top1", "shots",
+    rows = [dict(metric=k, value=m.get(k)) for k in ["top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "tip_adapter_top1", "shots", "descriptor_top1", "topk_top1", "head_top1",
                                                      "auroc", "zeroshot_auroc",
                                                      "n_images", "n_classes", "seconds", "peak_rss_mb"] if k in m]
     lines += [rows_to_markdown(rows), ""]
@@ -173,10 +197,21 @@ def write_report(out, m:dict, hist=None):
         lines += [f"## Skipped files ({len(m['skipped'])})", ""] + [f"- `{s['path']}`: {s['reason']}" for s in m["skipped"]] + [""]
     (out / "report.md").write_text("\n".join(lines))
 
-# %% ../nbs/16_report.ipynb 14
+# %% ../nbs/16_report.ipynb 16
 TABLE_COLS = ["method", "top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "n_images", "seconds"]
 
-def compare(methods, data=None, classes=None, shift=None, out="runs/compare", **kw)->list:
+def _finished(path, ds, shift, kw)->dict|None:
+    "The metrics of a finished run in `path` made on the same data, shift, model and seed, else None."
+    f = Path(path) / "metrics.json"
+    if not f.exists(): return None
+    m = json.loads(f.read_text())
+    same = (m.get("dataset") == ds.name and m.get("shift") == (str(ds.shift) if ds.shift else None)
+            and m.get("model") == kw.get("model", "latteclip-tiny") and m.get("seed", 0) == kw.get("seed", 0))
+    return m if same else None
+
+def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
+            reuse:bool=False, # keep a method's finished run in `out/<method>/` (same data, shift, model and seed) instead of running it again
+            **kw)->list:
     "Run each method on the same data into `out/<method>/`; write `table.md` and `table.json`; return the rows."
     named = {"all": ALL, "ablation": ABLATION}
     if isinstance(methods, str): methods = named.get(methods.strip()) or [m.strip() for m in methods.split(",") if m.strip()]
@@ -186,7 +221,9 @@ def compare(methods, data=None, classes=None, shift=None, out="runs/compare", **
     out = out_dir(out); ds = open_data(data, classes, shift, download=kw.pop("download", False))
     rows = []
     for m in methods:
-        r = run_method(m, data=data, classes=classes, shift=shift, out=out / m, ds=ds, **kw)
+        r = _finished(out / m, ds, shift, kw) if reuse else None
+        if r is not None: print(f"{m}: reusing the finished run in {out / m}")
+        else: r = run_method(m, data=data, classes=classes, shift=shift, out=out / m, ds=ds, **kw)
         rows.append({k: r.get(k) for k in ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean",
                                            "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "seconds", "peak_rss_mb", "skipped"]})
         write_json(rows, out / "table.json")

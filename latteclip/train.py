@@ -17,8 +17,8 @@ from .prototypes import Prototypes
 from .mixer import text_weights, mix, targets, KINDS
 
 # %% auto 0
-__all__ = ['TrainConfig', 'History', 'TextBank', 'encode_pixels', 'clip_loss', 'latteclip_loss', 'flyp_loss', 'finetune',
-           'predict']
+__all__ = ['TrainConfig', 'History', 'TextBank', 'encode_pixels', 'clip_loss', 'latteclip_loss', 'flyp_loss', 'check_stop',
+           'finetune', 'predict']
 
 # %% ../nbs/15_train.ipynb 5
 @dataclass
@@ -142,6 +142,17 @@ def _load_state(out:Path)->tuple:
         raise LatteError(f"The checkpoint in {out} is inconsistent (weights at {tag}, optimiser at {s.get('tag')}): start again without --resume.")
     return load_file(out / "checkpoint.safetensors"), s
 
+def check_stop(stop:StopRequest, out, # the active `StopRequest` and the checkpoint folder (or None)
+               epoch:int, step:int=None, steps:int=None, # 0-based epoch; `step` of `steps` when inside the epoch
+               save=None, # called (no arguments) to write the mid-epoch checkpoint
+              ):
+    "Raise `Interrupted` when SIGINT/SIGTERM arrived: inside an epoch after `save()`, at its end after the epoch's own save."
+    if not stop or (step is not None and step >= steps): return      # the last step of an epoch: the epoch's save comes next
+    where = f"a checkpoint is in {out}: add --resume to go on" if out is not None else "no checkpoint folder was given"
+    if step is not None and out is not None: save()
+    at = f"in epoch {epoch + 1}, step {step} of {steps}" if step is not None else f"after epoch {epoch + 1}"
+    raise Interrupted(f"stopped by signal {stop.signum} {at}; {where}.")
+
 def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              y_zs:torch.Tensor, # (N,) zero-shot pseudo-labels (stage 1)
              texts, # `Texts` (stage 2)
@@ -206,20 +217,16 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
                 if P is not None: P.update(mixed.float(), labs)
                 losses.append(loss.item()); bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
                 if on_step is not None: on_step(epoch, len(losses), losses[-1])
-                if stop and len(losses) < steps:                                    # SIGINT/SIGTERM: save mid-epoch and stop
-                    where = "no checkpoint folder was given"
-                    if out is not None:
-                        _save(out, model, {"__prototypes__": P.P} if P is not None else {}, opt, sched, hist, epoch, len(losses), g,
-                              dict(losses=losses, agree=agree, seconds=time.time() - t0)); where = f"a checkpoint is in {out}: add --resume to go on"
-                    raise Interrupted(f"stopped by signal {stop.signum} in epoch {epoch + 1}, step {len(losses)} of {steps}; {where}.")
+                check_stop(stop, out, epoch, len(losses), steps,                    # SIGINT/SIGTERM: save mid-epoch and stop
+                           lambda: _save(out, model, {"__prototypes__": P.P} if P is not None else {}, opt, sched, hist, epoch, len(losses), g,
+                                         dict(losses=losses, agree=agree, seconds=time.time() - t0)))
             hist.loss.append(float(np.mean(losses))); hist.seconds.append(round(time.time() - t0, 2))
             hist.agreement.append(float(np.mean(agree)) if agree else None)
             if P is not None: hist.prototypes.append(P.P.cpu().clone())
             clip._text_cache.clear(); model.eval()
             if evaluate is not None: hist.eval.append(evaluate(clip, P, encode_pixels(clip, pixels, norm)))
             if out is not None: _save(out, model, {"__prototypes__": P.P} if P is not None else {}, opt, sched, hist, epoch + 1); last_good = epoch + 1
-            if stop: raise Interrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; " +
-                                       (f"a checkpoint is in {out}: add --resume to go on." if out is not None else "no checkpoint folder was given."))
+            check_stop(stop, out, epoch)
             if stop_after is not None and epoch + 1 >= stop_after: break
     model.eval(); clip._text_cache.clear()
     return P, hist

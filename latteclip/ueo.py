@@ -11,7 +11,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, Interrupted, StopRequest, check_settings, seed_everything, generator, progress, out_dir
 from .models import TEMPLATE, zeroshot_classifier
 from .pretrain import load_pixels, augment, _normalizer, _bf16_ok
-from .train import encode_pixels, _save, _load_state
+from .train import encode_pixels, _save, _load_state, check_stop
 
 # %% auto 0
 __all__ = ['entropy', 'ueo_loss', 'confidence_weights', 'PromptLearner', 'norm_affines', 'known_split', 'auroc', 'UEOConfig',
@@ -185,16 +185,13 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
                                   float(entropy((p / wb[:, None]).sum(0) / (1 / wb).sum()))))
                 bar.set_postfix(loss=f"{np.mean([q[0] for q in parts[-10:]]):.3f}")
                 if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
-                if stop and len(parts) < steps:                                        # SIGINT/SIGTERM: save mid-epoch, stop
-                    if out is not None: save(epoch, len(parts), g, dict(parts=parts, seconds=time.time() - t0))
-                    raise Interrupted(f"stopped by signal {stop.signum} in epoch {epoch + 1}, step {len(parts)} of {steps}; " +
-                                      (f"a checkpoint is in {out}: add --resume to go on." if out is not None else "no checkpoint folder was given."))
+                check_stop(stop, out, epoch, len(parts), steps,                        # SIGINT/SIGTERM: save mid-epoch, stop
+                           lambda: save(epoch, len(parts), g, dict(parts=parts, seconds=time.time() - t0)))
             a = np.asarray(parts).mean(0)
             hist.loss.append(float(a[0])); hist.sharpen.append(float(a[1])); hist.marginal.append(float(a[2]))
             hist.seconds.append(round(time.time() - t0, 2))
             if out is not None: save(epoch + 1)
-            if stop: raise Interrupted(f"stopped by signal {stop.signum} after epoch {epoch + 1}; " +
-                                       (f"a checkpoint is in {out}: add --resume to go on." if out is not None else "no checkpoint folder was given."))
+            check_stop(stop, out, epoch)
     for p in model.parameters(): p.requires_grad_(True)
     model.eval(); clip._text_cache.clear()
     return prompts, dict(w=w, logits_before=before, logits_after=ueo_predict(clip, prompts, pixels, norm), history=hist)
@@ -214,5 +211,5 @@ def run_ueo(clip, ds, # a `Clip` and an `ImageSet` (labels are read only by the 
             sc = scores(lg[is_known].argmax(1).numpy(), y[is_known], len(kidx))
             res[f"{tag}_top1"], res[f"{tag}_per_class_mean"] = sc["top1"], sc["per_class_mean"]
             res[f"{tag}_auroc"] = auroc(lg.float().softmax(-1).max(-1).values.numpy(), is_known)
-        res["is_known"] = is_known
+        res["is_known"], res["known_labels"] = is_known, y                          # y: -1 for unknown-class images
     return res

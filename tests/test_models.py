@@ -76,3 +76,20 @@ def test_trimmed_text_encoding_equals_open_clip(name):
         m.zero_grad(); (fn() * w).sum().backward()
         grads.append(m.transformer.resblocks[0].attn.in_proj_weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-5 * float(grads[1].abs().max()))
+
+
+@pytest.mark.parametrize("offline_env", [True, False])
+def test_pretrained_tag_without_network_fails_fast(monkeypatch, offline_env):
+    "A pretrained tag whose weights are not cached: one sentence in seconds (not a minute of download retries)."
+    import socket, time
+    for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"): monkeypatch.delenv(v, raising=False)
+    if offline_env: monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        try: socket.create_connection(("huggingface.co", 443), timeout=5).close(); pytest.skip("this machine reaches huggingface.co")
+        except OSError: pass
+    t0 = time.time()
+    for model, tag in [("ViT-B-32", "laion2b_s34b_b79k"), ("RN50", "openai")]:
+        with pytest.raises(LatteError, match=r"not in the local cache.*--pretrained PATH"):
+            load_clip(model, tag, device="cpu")
+    assert time.time() - t0 < 30
