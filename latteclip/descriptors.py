@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from .core import LatteError, progress, default_device, stable_hash, seed_from, asset
-from .vlm import _check_dtype, _check_4bit, _local_folder, _local_first, _word_tokenizer
+from .vlm import _check_dtype, _check_4bit, _model_kwargs, _local_folder, _local_first, _word_tokenizer
 from .texts import TextCache
 from .models import TEMPLATE, encode_texts
 from .attributes import measure, words, caption
@@ -52,20 +52,9 @@ def load_llm(model_id:str, # a Hub id (Qwen/Qwen2.5-0.5B-Instruct) or a folder w
              load_in_4bit:bool=False, # NF4 quantisation with bitsandbytes (CUDA only)
             )->tuple:
     "The causal LM and tokenizer of `model_id`, from local files when possible; a `LatteError` in one sentence otherwise."
-    _check_dtype(dtype)
-    if load_in_4bit: _check_4bit()
+    dev, kw = _model_kwargs(dtype, device, device_map, load_in_4bit)
     with _llm_words(): folder = _local_folder(model_id)
-    import os, torch, transformers
-    if os.environ.get("LATTECLIP_QUIET", "0") == "1": transformers.utils.logging.disable_progress_bar()
-    dev = None if (device_map or load_in_4bit) else (torch.device(device) if device else default_device())
-    kw = {"dtype": "auto" if dtype == "auto" and (dev is None or dev.type == "cuda") else
-                   getattr(torch, "float32" if dtype == "auto" else dtype)}
-    if load_in_4bit:
-        compute = torch.float16 if dtype in ("auto", "float32") else getattr(torch, dtype)
-        kw["quantization_config"] = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                                    bnb_4bit_compute_dtype=compute)
-        kw["dtype"] = compute
-    if device_map or load_in_4bit: kw["device_map"] = device_map or "auto"
+    import transformers
     def load(src, local):                                # the tokenizer first: it is small and fails the same way
         tok = transformers.AutoTokenizer.from_pretrained(src, local_files_only=local)
         return transformers.AutoModelForCausalLM.from_pretrained(src, local_files_only=local, **kw), tok

@@ -72,16 +72,10 @@ def load_processor(model_id:str):
     import transformers
     return _local_first(model_id, _local_folder(model_id), lambda src, local: transformers.AutoProcessor.from_pretrained(src, local_files_only=local))
 
-def load_vlm(model_id:str, # a Hub id (llava-hf/llava-v1.6-mistral-7b-hf) or a folder written by save_pretrained
-             dtype:str="auto", # auto (checkpoint's on GPU, float32 on CPU), float32, float16 or bfloat16
-             device:str|None=None, # where to put it; None: CUDA, MPS or CPU
-             device_map:str|None=None, # e.g. "auto" to spread a big model over the GPUs (accelerate); then `device` is ignored
-             load_in_4bit:bool=False, # NF4 quantisation with bitsandbytes (CUDA only)
-            )->tuple:
-    "The model and processor of `model_id`, from local files when possible; a `LatteError` in one sentence otherwise."
+def _model_kwargs(dtype:str, device, device_map, load_in_4bit:bool)->tuple:
+    "`(device or None, from_pretrained keyword arguments)` for the dtype, device and 4-bit options every transformers loader takes."
     _check_dtype(dtype)
     if load_in_4bit: _check_4bit()
-    folder = _local_folder(model_id)
     import torch, transformers
     if os.environ.get("LATTECLIP_QUIET", "0") == "1": transformers.utils.logging.disable_progress_bar()
     dev = None if (device_map or load_in_4bit) else (torch.device(device) if device else default_device())
@@ -93,6 +87,18 @@ def load_vlm(model_id:str, # a Hub id (llava-hf/llava-v1.6-mistral-7b-hf) or a f
                                                                     bnb_4bit_compute_dtype=compute)
         kw["dtype"] = compute
     if device_map or load_in_4bit: kw["device_map"] = device_map or "auto"
+    return dev, kw
+
+def load_vlm(model_id:str, # a Hub id (llava-hf/llava-v1.6-mistral-7b-hf) or a folder written by save_pretrained
+             dtype:str="auto", # auto (checkpoint's on GPU, float32 on CPU), float32, float16 or bfloat16
+             device:str|None=None, # where to put it; None: CUDA, MPS or CPU
+             device_map:str|None=None, # e.g. "auto" to spread a big model over the GPUs (accelerate); then `device` is ignored
+             load_in_4bit:bool=False, # NF4 quantisation with bitsandbytes (CUDA only)
+            )->tuple:
+    "The model and processor of `model_id`, from local files when possible; a `LatteError` in one sentence otherwise."
+    dev, kw = _model_kwargs(dtype, device, device_map, load_in_4bit)
+    folder = _local_folder(model_id)
+    import transformers
     def load(src, local):                                # the processor first: it is small and fails the same way
         proc = transformers.AutoProcessor.from_pretrained(src, local_files_only=local)
         return transformers.AutoModelForImageTextToText.from_pretrained(src, local_files_only=local, **kw), proc
