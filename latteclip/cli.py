@@ -34,6 +34,11 @@ def _model_args(p):
 def _train_args(p):
     g = p.add_argument_group("training (label-free methods)")
     g.add_argument("--describer", default="attributes", help="attributes (offline), transformers:<model id> or jsonl:<path>")
+    t = p.add_argument_group("text generation (--describer transformers:..., NoLA's --descriptors <causal LM>)")
+    t.add_argument("--gen-dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"], help="weights' dtype (default auto: the checkpoint's on GPU, float32 on CPU)")
+    t.add_argument("--gen-device-map", default=None, help="e.g. auto: spread a large model over the GPUs (accelerate)")
+    t.add_argument("--gen-4bit", action="store_true", help="NF4 4-bit weights with bitsandbytes (CUDA only), as the LatteCLIP paper")
+    t.add_argument("--gen-batch-size", type=int, default=None, help="requests per generate call (default 4 for a VLM, 8 for an LLM)")
     g.add_argument("--epochs", type=int, default=None, help="default: 10")
     g.add_argument("--lr", type=float, default=None, help="default: per method (LatteCLIP AdamW 5e-5, UEO SGD 1e-4)")
     g.add_argument("--classifier", default="prototypes", choices=["prototypes", "text"], help="how LatteCLIP predicts after training")
@@ -63,6 +68,11 @@ def _overrides(args)->dict:
              weight_scale=args.ueo_weight_scale, n_ctx=args.n_ctx, descriptors=args.descriptors, ssl=args.ssl, ssl_weights=args.ssl_weights,
              n_prompts=args.n_prompts, top_k=args.nola_top_k, threshold=args.nola_threshold)
     return {k: v for k, v in o.items() if v is not None}
+
+def _gen(args)->dict:
+    "The text-generation options set by flags."
+    return {k: v for k, v in dict(dtype=args.gen_dtype, device_map=args.gen_device_map, load_in_4bit=args.gen_4bit or None,
+                                  batch_size=args.gen_batch_size).items() if v is not None}
 
 def _shift_for(args):
     from latteclip.data import DEFAULT_SHIFT, EMBEDDED
@@ -134,10 +144,11 @@ def _run(args):
         write_report(out, m)
     else:
         from latteclip.report import run_method, make_describer
-        make_describer(args.describer)
+        make_describer(args.describer, **_gen(args))
         m = run_method(args.method, args.data, args.classes, shift, args.model, args.pretrained, args.describer, args.epochs,
                        args.batch_size, args.lr, out, args.seed, args.device, args.classifier, args.groups_per_class,
-                       args.text_cache, args.resume, args.download, args.shots, args.shots_clean, args.known_classes, **_overrides(args))
+                       args.text_cache, args.resume, args.download, args.shots, args.shots_clean, args.known_classes,
+                       gen=_gen(args), **_overrides(args))
         if m["method"].startswith("ueo"):
             au = lambda v: "n/a" if v is None else f"{v}%"
             print(f"known classes {', '.join(m['known_classes'])}: zero-shot top-1 {m['zeroshot_top1']}% (AUROC {au(m['zeroshot_auroc'])}) "
@@ -155,12 +166,12 @@ def _run(args):
 def _compare(args):
     from latteclip.report import compare, make_describer
     from latteclip.zeroshot import rows_to_markdown
-    shift = _shift_for(args); out = out_dir(args.out); make_describer(args.describer)
+    shift = _shift_for(args); out = out_dir(args.out); make_describer(args.describer, **_gen(args))
     rows = compare(args.methods, args.data, args.classes, shift, out, model=args.model, pretrained=args.pretrained,
                    describer=args.describer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    device=args.device, classifier=args.classifier, groups_per_class=args.groups_per_class,
                    text_cache=args.text_cache, download=args.download, shots=args.shots, shots_clean=args.shots_clean,
-                   known_classes=args.known_classes, reuse=args.reuse, **_overrides(args))
+                   known_classes=args.known_classes, reuse=args.reuse, gen=_gen(args), **_overrides(args))
     print((out / "table.md").read_text())
 
 def _robustness(args):

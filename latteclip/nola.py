@@ -168,22 +168,26 @@ def nola_logits(clip, prompts:VisualPrompts, T:torch.Tensor, pixels:torch.Tensor
     return clip.logit_scale * f @ T.float().cpu().T
 
 # %% ../nbs/22_nola.ipynb 16
-def class_embeddings(clip, classes:list, spec:str="shipped", cache=None)->tuple:
+def class_embeddings(clip, classes:list, spec:str="shipped", cache=None,
+                     **gen, # for a language model: dtype, device_map, load_in_4bit, batch_size (see `LLMDescriber`)
+                    )->tuple:
     "NoLA's step 1: `(T, descriptions)`, the averaged description embeddings of `classes` from `spec` (see `load_descriptors`)."
     from latteclip.descriptors import load_descriptors, descriptor_classifier
-    d = load_descriptors(spec, classes, cache=cache)
+    d = load_descriptors(spec, classes, cache=cache, **{k: v for k, v in gen.items() if v is not None})
     return descriptor_classifier(clip, d, classes).float(), d
 
 def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabeled `ImageSet`
              cfg:NoLAConfig=None, ssl=None, # an `SSLModel`; None: `load_ssl(cfg.ssl)`
-             out=None, resume:bool=False, on_step=None, cache=None)->dict:
+             out=None, resume:bool=False, on_step=None, cache=None,
+             gen:dict=None, # text generation options for a language model (see `class_embeddings`)
+            )->dict:
     "NoLA's three steps on `ds`; returns the class embeddings, both labellings, the prompts, logits and history."
     from latteclip.dino import load_ssl
     cfg = cfg or NoLAConfig(); seed_everything(cfg.seed)
     model, dev = clip.model, clip.device
     prompts = VisualPrompts(model.visual, cfg.n_prompts, cfg.seed).to(dev)        # fails early for a non-ViT tower
     ssl = ssl or load_ssl(cfg.ssl, cfg.ssl_weights, device=dev)
-    T, desc = class_embeddings(clip, ds.classes, cfg.descriptors, cache)
+    T, desc = class_embeddings(clip, ds.classes, cfg.descriptors, cache, **(gen or {}))
     pixels = torch.from_numpy(load_pixels(ds, clip.image_size)); norm = _normalizer(clip); N, C = len(ds), len(ds.classes)
     spx = pixels if ssl.size == clip.image_size else torch.from_numpy(load_pixels(ds, ssl.size))
     s = clip.logit_scale
@@ -241,11 +245,11 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
                 prompts=prompts, logits_after=after, history=hist, top_k=k, ssl=ssl.name)
 
 # %% ../nbs/22_nola.ipynb 18
-def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=False, on_step=None, cache=None)->dict:
+def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=False, on_step=None, cache=None, gen:dict=None)->dict:
     "NoLA end to end on `ds`; with labels, the accuracy of every stage (overall and per class)."
     from latteclip.zeroshot import scores, zeroshot
     from sklearn.metrics import recall_score
-    r = fit_nola(clip, ds.unlabeled(), cfg, ssl, out, resume, on_step, cache)
+    r = fit_nola(clip, ds.unlabeled(), cfg, ssl, out, resume, on_step, cache, gen)
     if ds.has_labels:
         y, C = np.asarray(ds.labels), len(ds.classes)
         sc = lambda p, yy=y: scores(np.asarray(p), yy, C)

@@ -34,7 +34,9 @@ METHODS = ["zeroshot"] + list(VARIANTS) + ["nola", "ueo", "ueo-open", "dac"]
 ALL = ["zeroshot", "flyp-pseudo", "latteclip", "nola", "ueo", "ueo-open", "dac"]   # `--methods all`: every method, no ablations
 ABLATION = ["zeroshot"] + list(VARIANTS)                                 # `--methods ablation`: LatteCLIP's ablations
 
-def make_describer(spec:str):
+def make_describer(spec:str,
+                   **gen, # for `transformers:`: dtype, device_map, load_in_4bit, batch_size (see `TransformersDescriber`)
+                  ):
     "`attributes`, `transformers:<model id>` or `jsonl:<path>` -> a describer."
     spec = spec or "attributes"
     if spec == "attributes": return AttributeDescriber()
@@ -42,7 +44,7 @@ def make_describer(spec:str):
     if kind == "jsonl" and arg: return JsonlDescriber(arg)
     if kind == "transformers" and arg:
         from latteclip.vlm import TransformersDescriber
-        return TransformersDescriber(arg)
+        return TransformersDescriber(arg, **{k: v for k, v in gen.items() if v is not None})
     raise LatteError(f"Unknown describer '{spec}': use attributes, transformers:<model id> or jsonl:<path>.")
 
 # %% ../nbs/16_report.ipynb 8
@@ -59,6 +61,7 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
                text_cache:str=None, resume:bool=False, download:bool=False,
                shots:int=16, shots_clean:bool=False, # DAC: labelled shots per class; draw them from un-shifted images
                known_classes=None, # UEO: the known classes (ueo-open default: all but the last 4)
+               gen:dict=None, # text generation (VLM describer, NoLA's LLM): dtype, device_map, load_in_4bit, batch_size
                ds=None, **overrides)->dict:
     "Run `method` (zeroshot, ueo, ueo-open, dac, or one of `VARIANTS`) end to end and write its files into `out`; returns the metrics."
     if method not in METHODS: raise LatteError(f"Unknown method '{method}': choose one of {', '.join(METHODS)}.")
@@ -77,7 +80,8 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
         from latteclip.nola import NoLAConfig
         cfg = _config(NoLAConfig, {}, {**common, **overrides})
     out = out_dir(out); t0 = time.time(); seed_everything(seed); reset_peak_rss()   # peak_rss_mb: this run's own
-    desc = make_describer(describer) if method in VARIANTS and cfg.kinds != ("class",) else None
+    gen = {k: v for k, v in (gen or {}).items() if v is not None}
+    desc = make_describer(describer, **gen) if method in VARIANTS and cfg.kinds != ("class",) else None
     llm = method == "nola" and cfg.descriptors != "shipped" and not str(cfg.descriptors).endswith(".json")   # NoLA with an LLM
     cache = (TextCache(Path(text_cache) if text_cache else cache_dir("texts") / "texts.jsonl")                # a damaged cache fails now
              if desc is not None or llm else None)
@@ -99,7 +103,7 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
         write_report(out, m); return m
     if method.startswith("ueo"):                                              # label-free, open set
         return _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume)
-    if method == "nola": return _run_nola(clip, ds, cfg, out, t0, resume, cache)
+    if method == "nola": return _run_nola(clip, ds, cfg, out, t0, resume, cache, gen)
     train = ds.unlabeled()                                                    # the method never sees a label
     pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model)
     zs = scores(pl.labels.numpy(), ds.labels, len(ds.classes))
@@ -157,10 +161,10 @@ def _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume=False):
     write_report(out, m); return m
 
 # %% ../nbs/16_report.ipynb 13
-def _run_nola(clip, ds, cfg, out, t0, resume=False, cache=None):
+def _run_nola(clip, ds, cfg, out, t0, resume=False, cache=None, gen=None):
     import csv
     from latteclip.nola import run_nola
-    r = run_nola(clip, ds, cfg, out=Path(out) / "checkpoints", resume=resume, cache=cache)
+    r = run_nola(clip, ds, cfg, out=Path(out) / "checkpoints", resume=resume, cache=cache, gen=gen)
     h = r["history"]
     m = write_run(out, "nola", ds, clip, r["logits_after"], time.time() - t0,
                   zeroshot_top1=r.get("zeroshot_top1"), descriptor_top1=r.get("descriptor_top1"), topk_top1=r.get("topk_top1"),

@@ -91,3 +91,24 @@ def test_user_mistakes_are_one_sentence(tmp_path, reqs):
 def test_import_does_not_load_transformers():
     code = "import sys, latteclip.vlm; assert 'transformers' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_generation_flags_reach_the_describers(llava_dir, small_tree, tmp_path):
+    from latteclip.report import make_describer
+    from latteclip.models import load_clip
+    from latteclip.nola import class_embeddings
+    from latteclip.descriptors import tiny_llm
+    from conftest import latteclip
+    d = make_describer(f"transformers:{llava_dir}", dtype="bfloat16", batch_size=2, device_map=None)
+    assert (d.dtype, d.batch_size, d.load_in_4bit) == ("bfloat16", 2, False)
+    assert next(d.load().model.parameters()).dtype == torch.bfloat16           # the real model, loaded in that dtype
+    llm = tiny_llm("llama", tmp_path / "llm")                                 # NoLA's language model gets them too
+    T, desc = class_embeddings(load_clip(device="cpu"), ["cat", "ship"], str(llm), tmp_path / "c.jsonl", dtype="bfloat16", batch_size=3)
+    assert T.shape == (2, 128) and desc.calls == 16 and all(len(v) == 8 for v in desc.values())
+    bad = latteclip("run", "--data", small_tree, "--describer", f"transformers:{llava_dir}", "--gen-batch-size", "0", "--out", tmp_path / "b")
+    assert bad.returncode == 2 and "batch size must be at least 1" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "b" / "metrics.json").exists()
+    if not torch.cuda.is_available():                                         # 4-bit needs CUDA: said before any work
+        q = latteclip("compare", "--methods", "zeroshot,latteclip", "--data", small_tree, "--describer", f"transformers:{llava_dir}",
+                      "--gen-4bit", "--out", tmp_path / "q")
+        assert q.returncode == 2 and "4-bit" in q.stderr and not (tmp_path / "q" / "zeroshot").exists()
