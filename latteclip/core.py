@@ -19,8 +19,13 @@ class LatteError(Exception):
     "An error the user caused and can fix; the CLI prints it as one sentence and exits with code 2."
 
 def check_settings(checks:list, # `(condition, message)` pairs, the message in the flags' words
+                   loop=None, # a training config: its epochs, batch_size, lr, weight_decay and precision are checked first
                   ):
     "Raise one `LatteError` naming every setting whose condition is false (configs call it before any work)."
+    if loop is not None:
+        checks = [(loop.epochs >= 1, "--epochs must be at least 1"), (loop.batch_size >= 2, "--batch-size must be at least 2"),
+                  (loop.lr > 0, "--lr must be positive"), (loop.weight_decay >= 0, "--weight-decay must be >= 0"),
+                  (loop.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32")] + list(checks)
     bad = [m for ok, m in checks if not ok]
     if bad: raise LatteError("; ".join(bad) + ".")
 

@@ -39,13 +39,10 @@ class NoLAConfig:
     precision: str = "auto"            # "bf16", "fp32", or "auto" (bf16 where supported)
     seed: int = 0
     def __post_init__(self):
-        check_settings([(self.epochs >= 1, "--epochs must be at least 1"), (self.batch_size >= 2, "--batch-size must be at least 2"),
-                        (self.lr > 0, "--lr must be positive"), (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-                        (self.n_prompts >= 1, "--n-prompts must be at least 1"),
+        check_settings([(self.n_prompts >= 1, "--n-prompts must be at least 1"),
                         (self.top_k is None or self.top_k >= 1, "--nola-top-k must be at least 1"),
                         (0 <= self.threshold < 1, "--nola-threshold must be in [0, 1)"),
-                        (self.head_epochs >= 1 and self.head_lr > 0, "the alignment head needs head_epochs >= 1 and head_lr > 0"),
-                        (self.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32")])
+                        (self.head_epochs >= 1 and self.head_lr > 0, "the alignment head needs head_epochs >= 1 and head_lr > 0")], loop=self)
 
 @dataclass
 class NoLAHistory:

@@ -112,11 +112,8 @@ class UEOConfig:
     precision: str = "auto"            # "bf16", "fp32", or "auto" (bf16 where supported)
     seed: int = 0
     def __post_init__(self):
-        check_settings([(self.epochs >= 1, "--epochs must be at least 1"), (self.batch_size >= 2, "--batch-size must be at least 2"),
-                               (self.lr > 0, "--lr must be positive"), (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-                               (self.weight_scale is None or self.weight_scale > 0, "--ueo-weight-scale must be positive"),
-                               (self.n_ctx >= 1, "--n-ctx must be at least 1"),
-                               (self.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32")])
+        check_settings([(self.weight_scale is None or self.weight_scale > 0, "--ueo-weight-scale must be positive"),
+                        (self.n_ctx >= 1, "--n-ctx must be at least 1")], loop=self)
 
 @dataclass
 class UEOHistory:
