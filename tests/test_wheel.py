@@ -26,7 +26,8 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     whl, = (tmp_path / "dist").glob("latteclip-*.whl")
     names = zipfile.ZipFile(whl).namelist()
-    for a in ("latteclip-tiny.safetensors", "latteclip-tiny.json", "cifar10-target.zip"):
+    for a in ("latteclip-tiny.safetensors", "latteclip-tiny.json", "cifar10-target.zip",
+              "latteclip-dino-tiny.safetensors", "dino.json", "descriptors-cifar10.json"):   # NoLA's DINO and descriptions too
         assert f"latteclip/assets/{a}" in names
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
