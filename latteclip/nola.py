@@ -258,7 +258,7 @@ def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=Fals
         r["topk_top1"] = sc(r["topk_labels"].numpy(), y[r["topk_idx"].numpy()])["top1"]
     return r
 
-# %% ../nbs/22_nola.ipynb 24
+# %% ../nbs/22_nola.ipynb 25
 @torch.no_grad()
 def prompt_attention(clip, prompts:VisualPrompts, pixels:torch.Tensor, # uint8 (B, H, W, 3)
                      )->np.ndarray:

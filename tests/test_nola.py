@@ -48,7 +48,7 @@ def test_visual_prompts_hook_open_clip_and_change_only_when_attached(embedded):
         with vp.attached(vis):
             b = clip.model.encode_image(x)
             tokens = {}
-            h = vis.transformer.register_forward_pre_hook(lambda m, i: tokens.setdefault("n", i[0].shape[1]))
+            h = vis.transformer.register_forward_pre_hook(lambda m, i: tokens.update(n=i[0].shape[1]))   # returns None: inputs unchanged
             clip.model.encode_image(x); h.remove()
         c = clip.model.encode_image(x)
     grid = (clip.image_size // vis.patch_size[0]) ** 2
