@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from .core import LatteError, progress, default_device, stable_hash, seed_from, asset
-from .vlm import _check_dtype, _check_4bit, _model_kwargs, _local_folder, _local_first, _word_tokenizer
+from .vlm import _check_dtype, _check_4bit, _model_kwargs, _end_ids, _local_folder, _local_first, _word_tokenizer
 from .texts import TextCache
 from .models import TEMPLATE, encode_texts
 from .attributes import measure, words, caption
@@ -164,9 +164,7 @@ class LLMDescriber:
         import torch
         tok, model, out = self.tokenizer, self.model, []
         chat = bool(getattr(tok, "chat_template", None))
-        gc = model.generation_config
-        eos = gc.eos_token_id if gc.eos_token_id is not None else tok.eos_token_id
-        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        eos = _end_ids(model, tok)
         cuda = list(range(torch.cuda.device_count())) if model.device.type == "cuda" else []
         starts = range(0, len(items), self.batch_size)
         for s in (progress(starts, desc=f"describing with {self.model_id}") if len(starts) > 1 else starts):

@@ -89,6 +89,12 @@ def _model_kwargs(dtype:str, device, device_map, load_in_4bit:bool)->tuple:
     if device_map or load_in_4bit: kw["device_map"] = device_map or "auto"
     return dev, kw
 
+def _end_ids(model, tok)->set:
+    "The token ids that end a generated text: the generation config's end-of-text ids, else the tokenizer's."
+    gc = model.generation_config
+    eos = gc.eos_token_id if gc.eos_token_id is not None else tok.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
 def load_vlm(model_id:str, # a Hub id (llava-hf/llava-v1.6-mistral-7b-hf) or a folder written by save_pretrained
              dtype:str="auto", # auto (checkpoint's on GPU, float32 on CPU), float32, float16 or bfloat16
              device:str|None=None, # where to put it; None: CUDA, MPS or CPU
@@ -255,9 +261,7 @@ class TransformersDescriber:
         starts = range(0, len(requests), self.batch_size)
         for s in (progress(starts, desc=f"describing with {self.model_id}") if len(starts) > 1 else starts):
             enc = self.inputs(requests[s:s + self.batch_size])
-            tok, gc = self._processor.tokenizer, self._model.generation_config
-            eos = gc.eos_token_id if gc.eos_token_id is not None else tok.eos_token_id
-            eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+            tok = self._processor.tokenizer; eos = _end_ids(self._model, tok)
             with torch.inference_mode():
                 seq = self._model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                            pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
