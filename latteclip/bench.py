@@ -18,7 +18,7 @@ from .train import TrainConfig, finetune
 from .report import run_method
 
 # %% auto 0
-__all__ = ['step_seconds', 'encode_seconds', 'bench']
+__all__ = ['step_seconds', 'encode_seconds', 'ddp_throughput', 'bench']
 
 # %% ../nbs/17_bench.ipynb 5
 def step_seconds(model_name:str, ds, texts, y, method:str, batch_size:int, steps:int=4, seed:int=0)->float:
@@ -51,6 +51,28 @@ def _child(code:str)->float:
     return float(r.stdout.strip().splitlines()[-1])
 
 # %% ../nbs/17_bench.ipynb 7
+def ddp_throughput(full, n:int, batch_size:int, epochs:int=2)->dict:
+    "Training images per second of `latteclip run` in 2 processes and in 1 on the same `n` images (warm text cache), and their ratio."
+    with tempfile.TemporaryDirectory() as d:
+        sub = full.subset(np.linspace(0, len(full) - 1, n).astype(int))
+        for i in range(len(sub)):
+            f = Path(d) / "data" / sub.classes[sub.labels[i]] / f"{i}.png"; f.parent.mkdir(parents=True, exist_ok=True)
+            sub.image(i).save(f)
+        ips = {}
+        for procs in (1, 2, 1, 2):                                            # each twice, alternating; the faster of each
+            args = ["--data", str(Path(d) / "data"), "--shift", DEFAULT_SHIFT, "--epochs", str(epochs), "--batch-size", str(batch_size),
+                    "--out", str(Path(d) / f"run{procs}"), "--text-cache", str(Path(d) / "texts.jsonl")] + (["--num-processes", "2"] if procs > 1 else [])
+            r = subprocess.run([sys.executable, "-m", "latteclip", "run", *args], capture_output=True, text=True,
+                               env={**os.environ, "LATTECLIP_QUIET": "1", "LATTECLIP_CACHE": d})
+            if r.returncode != 0: raise LatteError(f"A {procs}-process run failed inside the benchmark: {r.stderr.strip()[-300:]}")
+            m = json.loads((Path(d) / f"run{procs}" / "metrics.json").read_text())
+            imgs = (m["n_images"] // batch_size) * batch_size * epochs
+            ips[procs] = max(ips.get(procs, 0), imgs / sum(m["history"]["seconds"]))
+            ips[f"top1_{procs}"] = m["top1"]
+    return dict(ddp_images=n, ddp_batch_size=batch_size, ddp_epochs=epochs, single_images_per_s=round(ips[1], 1),
+                ddp2_images_per_s=round(ips[2], 1), ddp2_vs_single_throughput=round(ips[2] / ips[1], 3),
+                ddp2_top1=ips["top1_2"], single_top1=ips["top1_1"])
+
 def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measurements (N; 2N for scaling)
           models=("latteclip-tiny", "ViT-B-32"), quick:bool=False)->dict:
     "Measure every ratio of the table above and write `out/bench.json`."
@@ -115,6 +137,8 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
         if r.returncode != 0: raise LatteError(f"The default run failed inside the benchmark: {r.stderr.strip()[-300:]}")
         mm = json.loads((Path(d) / "run" / "metrics.json").read_text())
         res.update(peak_rss_mb=mm["peak_rss_mb"], default_run_s=mm["seconds"], default_run_epochs=int(args[1]), default_run_images=mm["n_images"])
+    say("data-parallel: the same training in 2 processes (accelerate, gloo on CPU) and in 1, same global batch")
+    res.update(ddp_throughput(full, n, bs_scale, 1 if quick else 2))
     code = "import time; t=time.perf_counter(); import {}; print(time.perf_counter()-t)"
     res["import_s"] = round(min(_child(code.format("latteclip")) for _ in range(3)), 3)
     res["import_all_s"] = round(min(_child(code.format("latteclip.cli, latteclip.report, latteclip.bench")) for _ in range(3)), 3)

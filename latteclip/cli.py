@@ -49,7 +49,11 @@ def _train_args(p):
     g.add_argument("--weight-decay", type=float, default=None, help="default: per method (LatteCLIP 0.2 as the paper, UEO 5e-4)")
     g.add_argument("--alpha", type=float, default=None, help="LatteCLIP: target = normalise(P[y] + alpha (mixed - P[y])); prototype momentum 1 - alpha (default 0.01)")
     g.add_argument("--no-augment", action="store_true", help="no random translation/flip during fine-tuning")
-    g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="autocast precision of training")
+    g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast precision of training (fp16: CUDA, with loss scaling)")
+    d = p.add_argument_group("several processes (Hugging Face Accelerate; or start any of these commands with `accelerate launch -m latteclip`)")
+    d.add_argument("--num-processes", type=int, default=None, help="train data-parallel in this many processes on this machine: one per GPU, or CPU processes (gloo) without GPUs")
+    d.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"], help="accelerate's name for --precision (no = fp32); wins over it")
+    d.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1); --batch-size stays the global batch")
     g.add_argument("--shots", type=int, default=16, help="DAC: labelled images per class (1, 2, 4, 8, 16)")
     g.add_argument("--shots-clean", action="store_true", help="DAC: draw the shots from the un-shifted images (test stays shifted)")
     g.add_argument("--known-classes", default=None, help="UEO: comma-separated known classes; images of the others stay in the data as unknowns (ueo-open default: all but the last 4)")
@@ -64,7 +68,8 @@ def _train_args(p):
 
 def _overrides(args)->dict:
     "The `TrainConfig` fields set by flags."
-    o = dict(weight_decay=args.weight_decay, alpha=args.alpha, augment=False if args.no_augment else None, precision=args.precision,
+    precision = {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision) or args.precision
+    o = dict(weight_decay=args.weight_decay, alpha=args.alpha, augment=False if args.no_augment else None, precision=precision, grad_accum=args.grad_accum,
              weight_scale=args.ueo_weight_scale, n_ctx=args.n_ctx, descriptors=args.descriptors, ssl=args.ssl, ssl_weights=args.ssl_weights,
              n_prompts=args.n_prompts, top_k=args.nola_top_k, threshold=args.nola_threshold)
     return {k: v for k, v in o.items() if v is not None}
@@ -136,6 +141,8 @@ def _run(args):
     from latteclip.models import templates_for
     shift = _shift_for(args); parse_shift(shift); templates_for(args.templates)   # validate before heavy work
     out = out_dir(args.out or f"runs/{args.method}")
+    from latteclip.distributed import rank
+    if args.method in ("zeroshot", "dac") and rank() > 0: return None          # launched in several processes: the first does it all
     if args.method == "zeroshot":
         from latteclip.zeroshot import run_zeroshot
         m = run_zeroshot(args.data, args.classes, shift, args.model, args.pretrained, args.templates, out,
@@ -149,6 +156,7 @@ def _run(args):
                        args.batch_size, args.lr, out, args.seed, args.device, args.classifier, args.groups_per_class,
                        args.text_cache, args.resume, args.download, args.shots, args.shots_clean, args.known_classes,
                        gen=_gen(args), **_overrides(args))
+        if m is None: return None                                              # not the first of several launched processes
         if m["method"].startswith("ueo"):
             au = lambda v: "n/a" if v is None else f"{v}%"
             print(f"known classes {', '.join(m['known_classes'])}: zero-shot top-1 {m['zeroshot_top1']}% (AUROC {au(m['zeroshot_auroc'])}) "
@@ -172,7 +180,8 @@ def _compare(args):
                    device=args.device, classifier=args.classifier, groups_per_class=args.groups_per_class,
                    text_cache=args.text_cache, download=args.download, shots=args.shots, shots_clean=args.shots_clean,
                    known_classes=args.known_classes, reuse=args.reuse, gen=_gen(args), **_overrides(args))
-    print((out / "table.md").read_text())
+    from latteclip.distributed import rank
+    if rank() == 0: print((out / "table.md").read_text())
 
 def _robustness(args):
     from latteclip.zeroshot import robustness, rows_to_markdown
@@ -202,8 +211,16 @@ def _pretrain_dino(args):
 
 def main(argv=None)->int:
     "Entry point of the `latteclip` command; returns the exit code."
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     if args.command is None: parser().print_help(); return 0
+    if getattr(args, "num_processes", None) is not None:
+        from latteclip.distributed import world_size, launch
+        if args.num_processes < 1: print("latteclip: error: --num-processes must be at least 1.", file=sys.stderr); return 2
+        if args.num_processes > 1 and world_size() == 1:                     # start the group through `accelerate launch`
+            rest = [a for i, a in enumerate(argv) if not (a.startswith("--num-processes") or (i > 0 and argv[i - 1] == "--num-processes"))]
+            try: return launch(rest, args.num_processes, args.mixed_precision if args.mixed_precision != "no" else None)
+            except LatteError as e: print(f"latteclip: error: {e}", file=sys.stderr); return 2
     warnings.filterwarnings("ignore", message=".*No pretrained weights loaded.*")
     import logging; logging.getLogger().setLevel(logging.ERROR)
     try:

@@ -25,7 +25,8 @@ def check_settings(checks:list, # `(condition, message)` pairs, the message in t
     if loop is not None:
         checks = [(loop.epochs >= 1, "--epochs must be at least 1"), (loop.batch_size >= 2, "--batch-size must be at least 2"),
                   (loop.lr > 0, "--lr must be positive"), (loop.weight_decay >= 0, "--weight-decay must be >= 0"),
-                  (loop.precision in ("auto", "bf16", "fp32"), "--precision must be auto, bf16 or fp32")] + list(checks)
+                  (loop.precision in ("auto", "bf16", "fp16", "fp32"), "--precision must be auto, bf16, fp16 or fp32"),
+                  (getattr(loop, "grad_accum", 1) >= 1, "--grad-accum must be at least 1")] + list(checks)
     bad = [m for ok, m in checks if not ok]
     if bad: raise LatteError("; ".join(bad) + ".")
 
@@ -77,13 +78,13 @@ def progress(it=None, # the iterable to wrap
              desc:str=None, # what is being done
              total:int=None, # its length, when `it` has none
              **kwargs):
-    "A notebook-aware progress bar (tqdm.auto); quiet when `LATTECLIP_QUIET=1`."
-    disable = os.environ.get("LATTECLIP_QUIET", "0") == "1"
+    "A notebook-aware progress bar (tqdm.auto); quiet when `LATTECLIP_QUIET=1`, and in every process but the first of a launched group."
+    disable = os.environ.get("LATTECLIP_QUIET", "0") == "1" or os.environ.get("RANK", "0") != "0"
     return tqdm(it, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
 
 def default_device()->torch.device:
-    "CUDA when present, else Apple's MPS, else the CPU."
-    if torch.cuda.is_available(): return torch.device("cuda")
+    "CUDA when present (this process's GPU, `LOCAL_RANK`, when a launcher started several), else Apple's MPS, else the CPU."
+    if torch.cuda.is_available(): return torch.device("cuda", int(os.environ["LOCAL_RANK"])) if "LOCAL_RANK" in os.environ else torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
     return torch.device("cpu")
 

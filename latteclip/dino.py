@@ -227,7 +227,7 @@ def pretrain_dino(data:str, # folder or .tar/.zip of the unlabeled pre-training 
                 for j, pg in enumerate(opt.param_groups):
                     pg["lr"] = cosine(it, total, lr * batch_size / 256, 1e-6, warmup=steps)
                     if j == 0: pg["weight_decay"] = cosine(it, total, 0.04, 0.4)
-                views = [norm(v) for v in multicrop(tr_px[b], g, n_local)]
+                views = [norm(v) for v in multicrop(tr_px[b].to(device), g, n_local)]   # crops on the device, random draws on the CPU
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     with torch.no_grad(): t_out = teacher(torch.cat(views[:2])).float().chunk(2)
                     s_out = list(student(torch.cat(views[:2])).float().chunk(2))

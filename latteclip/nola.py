@@ -11,7 +11,8 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, StopRequest, check_settings, seed_everything, generator, progress, out_dir
 from .models import TEMPLATE, zeroshot_classifier
 from .pretrain import load_pixels, augment, _normalizer, _bf16_ok
-from .train import encode_pixels, _save, _load_state, check_stop
+from .train import encode_pixels, _save, _load_state, check_stop, LossStep
+from .distributed import Dist
 
 # %% auto 0
 __all__ = ['NoLAConfig', 'NoLAHistory', 'confident_topk', 'AlignmentHead', 'fit_head', 'head_probs', 'VisualPrompts',
@@ -36,8 +37,9 @@ class NoLAConfig:
     threshold: float = 0.              # labeller confidence needed for a FixMatch target (0: every image)
     randaug_ops: int = 2
     randaug_magnitude: int = 9
-    precision: str = "auto"            # "bf16", "fp32", or "auto" (bf16 where supported)
+    precision: str = "auto"            # "bf16", "fp16" (GPU), "fp32", or "auto" (bf16 where supported)
     seed: int = 0
+    grad_accum: int = 1                # micro-batches per optimizer step
     def __post_init__(self):
         check_settings([(self.n_prompts >= 1, "--n-prompts must be at least 1"),
                         (self.top_k is None or self.top_k >= 1, "--nola-top-k must be at least 1"),
@@ -177,11 +179,13 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
              cfg:NoLAConfig=None, ssl=None, # an `SSLModel`; None: `load_ssl(cfg.ssl)`
              out=None, resume:bool=False, on_step=None, cache=None,
              gen:dict=None, # text generation options for a language model (see `class_embeddings`)
+             dist:Dist=None, # the process group (None: made from `cfg`; several processes when launched by accelerate)
             )->dict:
     "NoLA's three steps on `ds`; returns the class embeddings, both labellings, the prompts, logits and history."
     from latteclip.dino import load_ssl
     cfg = cfg or NoLAConfig(); seed_everything(cfg.seed)
     model, dev = clip.model, clip.device
+    dist = dist or Dist(dev, cfg.precision, cfg.grad_accum)
     prompts = VisualPrompts(model.visual, cfg.n_prompts, cfg.seed).to(dev)        # fails early for a non-ViT tower
     ssl = ssl or load_ssl(cfg.ssl, cfg.ssl_weights, device=dev)
     T, desc = class_embeddings(clip, ds.classes, cfg.descriptors, cache, **(gen or {}))
@@ -194,10 +198,9 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
     head, head_loss = fit_head(ssl, spx, idx, y, T.to(dev), s, cfg)
     hp = head_probs(ssl, head, spx)
     for p in model.parameters(): p.requires_grad_(False)
-    bs = min(cfg.batch_size, N); steps = max(1, N // bs); total = cfg.epochs * steps
+    bs = min(cfg.batch_size, N); steps = max(1, N // bs); total = cfg.epochs * steps; dist.check_batch(bs)
     opt = torch.optim.AdamW([prompts.prompts], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and _bf16_ok(dev))
     hist, start, st = NoLAHistory(head_loss=head_loss), 0, {}
     if out is not None: out = out_dir(out)
     if resume and out is not None and (out / "state.pt").exists():
@@ -205,8 +208,13 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
         with torch.no_grad(): prompts.prompts.copy_(sd.pop("__prompts__"))
         opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"]); start = st["epoch"]
         hist = NoLAHistory(**{**st["hist"], "head_loss": head_loss})
-    save = lambda epoch, step=0, g=None, partial=None: _save(out, model, {"__prompts__": prompts.prompts}, opt, sched, hist, epoch, step, g, partial)
+    save = lambda epoch, step=0, g=None, partial=None: (_save(out, model, {"__prompts__": prompts.prompts}, opt, sched, hist, epoch, step, g, partial)
+                                                        if dist.is_main else None)
     Tdev = T.to(dev); model.eval()
+    def forward(x):                                                                   # this process's strong views -> the micro-batch's logits
+        with dist.autocast(): logits = s * model.encode_image(x, normalize=True).float() @ Tdev.T
+        return dist.gather_grad(logits)
+    step_fn, opt_ = dist.prepare(LossStep(forward, prompts=prompts), opt)
     with StopRequest() as stop, prompts.attached(model.visual):
         for epoch in range(start, cfg.epochs):
             t0, parts, done = time.time(), [], 0
@@ -215,26 +223,33 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
             if epoch == start and st.get("step"):                                     # inside an interrupted epoch
                 done = st["step"]; g.set_state(st["g"]); parts = [tuple(q) for q in st["partial"]["parts"]]; t0 -= st["partial"]["seconds"]
             bar = progress(perm[done:], desc=f"nola epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
-            for b in bar:
-                with torch.no_grad():                                                 # the labeller on a weak view
-                    q = head(ssl.features(augment(spx[b], g, pad=max(1, ssl.size // 8)).to(dev))).softmax(-1)
-                x = norm(strong_views(pixels[b], g, cfg.randaug_ops, cfg.randaug_magnitude)).to(dev)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = s * model.encode_image(x, normalize=True).float() @ Tdev.T
-                loss, mask = fixmatch_loss(logits, q, cfg.threshold)
-                if not torch.isfinite(loss):
-                    raise LatteError(f"Training stopped: the NoLA loss became {loss.item()} in epoch {epoch + 1}, step {len(parts) + 1}. "
-                                     f"Lower --lr (now {cfg.lr:g})." + (f" The last good checkpoint is in {out}." if out is not None and epoch > 0 else ""))
-                opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-                parts.append((loss.item(), mask.mean().item(), (logits.argmax(-1) == q.argmax(-1)).float().mean().item()))
+            for b in bar:                                                             # the global batch: views drawn for all of it
+                weak = augment(spx[b], g, pad=max(1, ssl.size // 8))
+                x = norm(strong_views(pixels[b], g, cfg.randaug_ops, cfg.randaug_magnitude))
+                opt_.zero_grad(set_to_none=True); step = []
+                for j, mine in enumerate(dist.micro(b)):
+                    with torch.no_grad(): q = dist.gather(head(ssl.features(weak[mine].to(dev))).softmax(-1))   # the labeller on the weak views
+                    with dist.sync(step_fn, j == dist.grad_accum - 1):
+                        logits = step_fn(x[mine].to(dev))
+                        loss, mask = fixmatch_loss(logits, q, cfg.threshold)
+                        if not torch.isfinite(loss):
+                            raise LatteError(f"Training stopped: the NoLA loss became {loss.item()} in epoch {epoch + 1}, step {len(parts) + 1}. "
+                                             f"Lower --lr (now {cfg.lr:g})." + (f" The last good checkpoint is in {out}." if out is not None and epoch > 0 else ""))
+                        dist.backward(loss)
+                    step.append((loss.item(), mask.mean().item(), (logits.argmax(-1) == q.argmax(-1)).float().mean().item()))
+                opt_.step()
+                if not dist.step_skipped: sched.step()
+                parts.append(tuple(np.mean(step, 0).tolist()))
                 bar.set_postfix(loss=f"{np.mean([p[0] for p in parts[-10:]]):.3f}")
                 if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
-                check_stop(stop, out, epoch, len(parts), steps, lambda: save(epoch, len(parts), g, dict(parts=parts, seconds=time.time() - t0)))
+                dist.stop(stop)
+                check_stop(stop, out, epoch, len(parts), steps,
+                           lambda: (save(epoch, len(parts), g, dict(parts=parts, seconds=time.time() - t0)), dist.wait()))
             a = np.asarray(parts).mean(0)
             hist.loss.append(float(a[0])); hist.mask.append(float(a[1])); hist.agreement.append(float(a[2]))
             hist.seconds.append(round(time.time() - t0, 2))
             if out is not None: save(epoch + 1)
-            check_stop(stop, out, epoch)
+            dist.wait(); dist.stop(stop); check_stop(stop, out, epoch)
     for p in model.parameters(): p.requires_grad_(True)
     model.eval(); clip._text_cache.clear()
     after = nola_logits(clip, prompts, T, pixels, norm)
@@ -242,11 +257,14 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
                 prompts=prompts, logits_after=after, history=hist, top_k=k, ssl=ssl.name)
 
 # %% ../nbs/22_nola.ipynb 18
-def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=False, on_step=None, cache=None, gen:dict=None)->dict:
+def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=False, on_step=None, cache=None, gen:dict=None,
+             dist=None, # the process group (see `fit_nola`); in a launched group only the first process returns the results
+            )->dict:
     "NoLA end to end on `ds`; with labels, the accuracy of every stage (overall and per class)."
     from latteclip.zeroshot import scores, zeroshot
     from sklearn.metrics import recall_score
-    r = fit_nola(clip, ds.unlabeled(), cfg, ssl, out, resume, on_step, cache, gen)
+    r = fit_nola(clip, ds.unlabeled(), cfg, ssl, out, resume, on_step, cache, gen, dist)
+    if dist is not None and not dist.is_main: return None
     if ds.has_labels:
         y, C = np.asarray(ds.labels), len(ds.classes)
         sc = lambda p, yy=y: scores(np.asarray(p), yy, C)

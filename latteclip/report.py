@@ -9,12 +9,13 @@ from dataclasses import replace, asdict
 from pathlib import Path
 import numpy as np
 import torch
-from .core import LatteError, out_dir, write_json, seed_everything, progress, reset_peak_rss
+from .core import LatteError, out_dir, write_json, seed_everything, progress, reset_peak_rss, default_device
 from .data import open_data
 from .models import load_clip, encode_images, templates_for, TEMPLATE
 from .pseudolabels import pseudo_labels, cache_dir
 from .texts import synthetic_texts, AttributeDescriber, JsonlDescriber, TextCache, Texts
 from .train import TrainConfig, finetune, predict
+from .distributed import rank
 from .zeroshot import write_run, scores, zeroshot, rows_to_markdown
 
 # %% auto 0
@@ -67,7 +68,7 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     if method not in METHODS: raise LatteError(f"Unknown method '{method}': choose one of {', '.join(METHODS)}.")
     if classifier not in ("prototypes", "text"): raise LatteError("--classifier must be prototypes or text.")
     if method == "dac" and shots < 1: raise LatteError("--shots must be at least 1.")
-    known_from = [o for o in overrides if o not in ("weight_decay", "alpha", "augment", "precision", "weight_scale", "n_ctx", "lam", "warmup", "momentum",
+    known_from = [o for o in overrides if o not in ("weight_decay", "alpha", "augment", "precision", "grad_accum", "weight_scale", "n_ctx", "lam", "warmup", "momentum",
                                                   "descriptors", "ssl", "ssl_weights", "n_prompts", "top_k", "threshold")]
     if known_from: raise LatteError(f"Unknown setting(s) {', '.join(known_from)}.")
     common = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
@@ -89,6 +90,11 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     if method.startswith("ueo"):
         from latteclip.ueo import known_split
         known_split(ds.classes, known_classes, 4 if method == "ueo-open" else 0)   # a bad class name fails before any work
+    from latteclip.distributed import Dist, process_group
+    pg = process_group(device)                                                # launched in several processes: join the group first
+    if pg is not None and method in ("zeroshot", "dac") and not pg.is_main_process: return None   # no data-parallel work in these
+    dist = Dist(device or default_device(), cfg.precision, cfg.grad_accum) if cfg is not None else None
+    if dist is not None: dist.check_batch(min(cfg.batch_size, len(ds)))      # several processes: an even split, checked before any work
     clip = load_clip(model, pretrained, device)
     if method == "zeroshot":
         m = write_run(out, "zeroshot", ds, clip, zeroshot(clip, ds, None), time.time() - t0, templates=[TEMPLATE], seed=seed)
@@ -102,10 +108,12 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
                       shot_files=[ds.keys[i] for i in r["shot"]], seed=seed, config=asdict(dc), history=dict(loss=r["losses"]))
         write_report(out, m); return m
     if method.startswith("ueo"):                                              # label-free, open set
-        return _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume)
-    if method == "nola": return _run_nola(clip, ds, cfg, out, t0, resume, cache, gen)
+        return _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume, dist)
+    if method == "nola": return _run_nola(clip, ds, cfg, out, t0, resume, cache, gen, dist)
     train = ds.unlabeled()                                                    # the method never sees a label
-    pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model)
+    if not dist.is_main: dist.wait()                                          # several processes: the first labels and caches,
+    pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model); the others read its cache
+    if dist.is_main: dist.wait()
     zs = scores(pl.labels.numpy(), ds.labels, len(ds.classes))
     if desc is not None and cfg.kinds != ("class",):                          # stage 2
         texts = synthetic_texts(train, pl.labels, desc, cache, groups_per_class, seed=seed)
@@ -118,7 +126,8 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
             r = predict(c, train, texts, P, feats)
             return {**{k: scores(v.argmax(1).numpy(), ds.labels, len(ds.classes))["top1"] for k, v in r.items()},
                     "_pred": r.get(classifier, r["text"]).argmax(1).short()}
-    P, hist = finetune(clip, train, pl.labels, texts, cfg, out / "checkpoints", resume, evaluate)   # stages 3-5
+    P, hist = finetune(clip, train, pl.labels, texts, cfg, out / "checkpoints", resume, evaluate, dist=dist)   # stages 3-5
+    if not dist.is_main: return None                                          # the first process evaluates and writes the run
     preds = [e.pop("_pred").tolist() for e in hist.eval if "_pred" in e]
     logits = predict(clip, train, texts, P)
     primary = logits.get(classifier, logits["text"])
@@ -137,10 +146,11 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     return m
 
 # %% ../nbs/16_report.ipynb 10
-def _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume=False):
+def _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume=False, dist=None):
     import csv
     from latteclip.ueo import run_ueo
-    r = run_ueo(clip, ds, cfg, known_classes, 4 if method == "ueo-open" else 0, out=Path(out) / "checkpoints", resume=resume)
+    r = run_ueo(clip, ds, cfg, known_classes, 4 if method == "ueo-open" else 0, out=Path(out) / "checkpoints", resume=resume, dist=dist)
+    if r is None: return None                                                 # not the first of several processes
     names = r["known_classes"]
     if ds.has_labels:                                                         # scored on the known-class images
         keep = np.flatnonzero(r["is_known"]).tolist()
@@ -161,10 +171,11 @@ def _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume=False):
     write_report(out, m); return m
 
 # %% ../nbs/16_report.ipynb 13
-def _run_nola(clip, ds, cfg, out, t0, resume=False, cache=None, gen=None):
+def _run_nola(clip, ds, cfg, out, t0, resume=False, cache=None, gen=None, dist=None):
     import csv
     from latteclip.nola import run_nola
-    r = run_nola(clip, ds, cfg, out=Path(out) / "checkpoints", resume=resume, cache=cache, gen=gen)
+    r = run_nola(clip, ds, cfg, out=Path(out) / "checkpoints", resume=resume, cache=cache, gen=gen, dist=dist)
+    if r is None: return None                                                 # not the first of several processes
     h = r["history"]
     m = write_run(out, "nola", ds, clip, r["logits_after"], time.time() - t0,
                   zeroshot_top1=r.get("zeroshot_top1"), descriptor_top1=r.get("descriptor_top1"), topk_top1=r.get("topk_top1"),
@@ -228,6 +239,7 @@ def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
         r = _finished(out / m, ds, shift, kw) if reuse else None
         if r is not None: print(f"{m}: reusing the finished run in {out / m}")
         else: r = run_method(m, data=data, classes=classes, shift=shift, out=out / m, ds=ds, **kw)
+        if r is None or rank() > 0: continue                                 # launched in several processes: the first writes
         rows.append({k: r.get(k) for k in ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean",
                                            "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "seconds", "peak_rss_mb", "skipped"]})
         write_json(rows, out / "table.json")

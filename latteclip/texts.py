@@ -102,7 +102,7 @@ def read_jsonl(path, required=("text",))->list:
 
 class JsonlDescriber:
     "Texts from a JSONL file produced elsewhere."
-    batch_size = 1024
+    batch_size, shard = 1024, False                                       # nothing to generate: every process reads the file
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.exists(): raise LatteError(f"The text file {path} does not exist.")
@@ -130,7 +130,7 @@ class JsonlDescriber:
 class TextCache:
     "A resumable JSONL cache of generated texts."
     def __init__(self, path):
-        self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True); self.texts = {}
+        self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True); self.texts, self.records = {}, {}
         if self.path.exists(): self._load()
     def _load(self):
         raw = self.path.read_bytes()
@@ -140,8 +140,25 @@ class TextCache:
                           "write); it was removed and will be generated again.", stacklevel=2)
         for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
             if not line.strip(): continue
-            try: rec = json.loads(line); self.texts[rec["key"]] = rec["text"]
+            try: rec = json.loads(line); self.texts[rec["key"]] = rec["text"]; self.records[rec["key"]] = {k: v for k, v in rec.items() if k != "key"}
             except (json.JSONDecodeError, KeyError, TypeError): raise LatteError(f"The text cache {self.path} is damaged at line {n}: delete that line or the file.") from None
+    def reload(self):
+        "Read the file again (records other processes added)."
+        self.texts, self.records = {}, {}
+        if self.path.exists(): self._load()
+    def part(self, rank:int)->TextCache:
+        "The cache file that process `rank` of a launched group writes while generating (merged by `merge_parts`)."
+        return TextCache(self.path.with_name(f"{self.path.stem}.part{rank}{self.path.suffix}"))
+    def merge_parts(self)->int:
+        "Move every record of the per-process part files into this cache (once per key) and delete them; returns how many were new."
+        new = 0
+        for f in sorted(self.path.parent.glob(f"{self.path.stem}.part*{self.path.suffix}")):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore"); part = TextCache(f)                     # a torn last line: dropped, made again
+            for k, rec in part.records.items():
+                if k not in self.texts: self.add(k, rec.pop("text"), **rec); new += 1
+            f.unlink()
+        return new
     def __contains__(self, k): return k in self.texts
     def __len__(self): return len(self.texts)
     def add(self, k:str, text:str, **meta):
@@ -150,7 +167,7 @@ class TextCache:
         line = json.dumps(dict(key=k, text=text, **meta), ensure_ascii=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line); fh.flush(); os.fsync(fh.fileno())
-        self.texts[k] = text
+        self.texts[k] = text; self.records[k] = dict(text=text, **meta)
 
 # %% ../nbs/11_texts.ipynb 16
 @dataclass
@@ -164,20 +181,31 @@ class Texts:
     calls: int = 0         # describer calls this run made (0 on a warm cache)
 
 def describe_all(describer, requests:list, cache:TextCache, desc:str="describing")->tuple:
-    "Texts of all requests, from the cache when there, else from the describer in batches; returns (texts, calls)."
+    "Texts of all requests, from the cache when there, else from the describer in batches; returns (texts, calls).\n\nLaunched in several processes, each generates its share of the missing texts into its own part file; the parts are then merged into `cache`, each text once."
+    from latteclip.distributed import process_group
+    pg = process_group()
+    def merged():                                                         # parts of this or an interrupted launch -> the one cache
+        if pg is not None: pg.wait_for_everyone()
+        if pg is None or pg.is_main_process: cache.merge_parts()
+        if pg is not None: pg.wait_for_everyone(); cache.reload()
+    merged()
     keys = [r.cache_key(describer.id) for r in requests]
     todo = [j for j, k in enumerate(keys) if k not in cache]
     seen, first = set(), []
     for j in todo:                                                        # one call per distinct key, in order
         if keys[j] not in seen: seen.add(keys[j]); first.append(j)
-    todo = first
+    todo, sink = first, cache
+    if pg is not None and getattr(describer, "shard", True):              # this process's share, into its own part file
+        todo, sink = first[pg.process_index::pg.num_processes], cache.part(pg.process_index)
+    elif pg is not None and not pg.is_main_process: todo = []             # a describer that is not worth sharding: the first process
     bs = getattr(describer, "batch_size", 8)
     for s in progress(range(0, len(todo), bs), desc=desc, total=(len(todo) + bs - 1) // bs):
         batch = [requests[j] for j in todo[s:s + bs]]
         for r in batch: r.get_image()
         for j, t in zip(todo[s:s + bs], describer.describe(batch)):
-            cache.add(keys[j], t.strip(), describer=describer.id, kind=requests[j].kind)
-    return [cache.texts[k] for k in keys], len(todo)
+            sink.add(keys[j], t.strip(), describer=describer.id, kind=requests[j].kind)
+    if pg is not None: merged()
+    return [cache.texts[k] for k in keys], len(first)
 
 def synthetic_texts(ds, # the unlabeled `ImageSet` (shifted images as the model sees them)
                     labels, # (N,) pseudo-labels

@@ -15,10 +15,11 @@ from .models import encode_images, encode_texts, encode_tokens
 from .pretrain import load_pixels, augment, _normalizer, _param_groups, _bf16_ok
 from .prototypes import Prototypes
 from .mixer import text_weights, mix, targets, KINDS
+from .distributed import Dist
 
 # %% auto 0
-__all__ = ['TrainConfig', 'History', 'TextBank', 'encode_pixels', 'clip_loss', 'latteclip_loss', 'flyp_loss', 'check_stop',
-           'finetune', 'predict']
+__all__ = ['TrainConfig', 'History', 'TextBank', 'encode_pixels', 'clip_loss', 'group_picks', 'latteclip_loss', 'flyp_loss',
+           'LossStep', 'check_stop', 'finetune', 'predict']
 
 # %% ../nbs/15_train.ipynb 5
 @dataclass
@@ -36,8 +37,9 @@ class TrainConfig:
     ft_term: bool = True               # the term with the fine-tuned model's pseudo-labels
     zs_term: bool = True               # the term with the frozen zero-shot pseudo-labels (paper: on)
     seed: int = 0
-    precision: str = "auto"            # "bf16", "fp32", or "auto" (bf16 where supported)
+    precision: str = "auto"            # "bf16", "fp16" (GPU), "fp32", or "auto" (bf16 where supported)
     augment: bool = True               # random translation (1/8 of the side) and flip
+    grad_accum: int = 1                # micro-batches per optimizer step (the contrastive negatives come from one micro-batch)
 
     def __post_init__(self):
         "Refuse impossible settings before any work starts, in the flags' words."
@@ -86,12 +88,19 @@ def clip_loss(f:torch.Tensor, t:torch.Tensor, scale:torch.Tensor)->torch.Tensor:
     y = torch.arange(len(f), device=f.device)
     return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
 
-def latteclip_loss(model, f, idx, y_zs, P:Prototypes, bank:TextBank, cfg:TrainConfig, g_rng:torch.Generator):
+def group_picks(bank:TextBank, y:torch.Tensor, g_rng:torch.Generator)->torch.Tensor:
+    "One group description (its text id) of each image's pseudo-class `y`, drawn with `g_rng`."
+    return torch.stack([bank.grp[int(k)][torch.randint(len(bank.grp[int(k)]), (1,), generator=g_rng)] for k in y]).view(-1)
+
+def latteclip_loss(model, f, idx, y_zs, P:Prototypes, bank:TextBank, cfg:TrainConfig,
+                   g_rng, # a `torch.Generator` for the group-description draw, or the drawn text ids (see `group_picks`)
+                   gather=None, # with several processes: `Dist.gather_grad`, so the contrastive loss sees the global batch
+                  ):
     "LatteCLIP's loss for a batch (image features `f`, dataset indices `idx`, zero-shot labels `y_zs`); returns (loss, parts)."
-    dev, scale = f.device, model.logit_scale.exp()
+    dev, scale, gather = f.device, model.logit_scale.exp(), gather or (lambda x: x)
     y_ft = P.assign(f)                                                             # (B,) nearest prototype
-    pick = torch.stack([bank.grp[int(y)][torch.randint(len(bank.grp[int(y)]), (1,), generator=g_rng)] for y in y_zs]).view(-1)
-    tid = torch.stack([bank.img[idx], pick], 1)                                    # (B, 2)
+    pick = group_picks(bank, y_zs, g_rng) if isinstance(g_rng, torch.Generator) else g_rng
+    tid = torch.stack([bank.img[idx], pick.cpu()], 1)                              # (B, 2)
     K = len(bank.cls)
     g = bank.encode(model, torch.cat([bank.cls, tid.flatten()]), dev)              # one text-tower pass for all texts
     g_cls, g_ig = g[:K], g[K:].view(len(idx), 2, -1)                               # (K, D); (B, 2, D) image and group descriptions
@@ -104,13 +113,21 @@ def latteclip_loss(model, f, idx, y_zs, P:Prototypes, bank:TextBank, cfg:TrainCo
         t = targets(P.P, y, m, cfg.alpha)                                          # (B, D)
         mixed_all.append(m); lab_all.append(y)
         if use:
-            l = clip_loss(f, t, scale); loss = loss + l; parts[name] = l.item()
+            l = clip_loss(gather(f), gather(t), scale); loss = loss + l; parts[name] = l.item()
     return loss, parts, torch.cat(mixed_all), torch.cat(lab_all), y_ft
 
-def flyp_loss(model, f, y_zs, bank:TextBank):
+def flyp_loss(model, f, y_zs, bank:TextBank, gather=None):
     "FLYP on pseudo-labels: CLIP's loss between each image and the class description of its zero-shot label."
+    gather = gather or (lambda x: x)
     g_cls = bank.encode(model, bank.cls, f.device)                                 # (K, D)
-    return clip_loss(f, g_cls[y_zs], model.logit_scale.exp())
+    return clip_loss(gather(f), gather(g_cls[y_zs]), model.logit_scale.exp())
+
+class LossStep(torch.nn.Module):
+    "A training step's forward as a module over the trained modules, so that DDP sees (and synchronises) the whole step."
+    def __init__(self, fn, **modules):
+        super().__init__(); self.fn = fn
+        for k, m in modules.items(): self.add_module(k, m)
+    def forward(self, *args, **kwargs): return self.fn(*args, **kwargs)
 
 # %% ../nbs/15_train.ipynb 13
 def _save(out, model, extra:dict, opt, sched, hist, epoch:int, step:int=0, g=None, partial:dict=None):
@@ -157,17 +174,18 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              resume:bool=False, evaluate=None, # optional callback(clip, prototypes, feats) -> dict, after each epoch
              stop_after:int=None, # stop after this epoch (a checkpoint to resume from stays in `out`)
              on_step=None, # optional callback(epoch, step, loss) after each optimizer step (used by the benchmark)
+             dist:Dist=None, # the process group (None: made from `cfg`; several processes when launched by accelerate)
             )->tuple:
     "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`. SIGINT/SIGTERM stop it at the next step with a checkpoint."
     cfg = cfg or TrainConfig(); seed_everything(cfg.seed)
     if cfg.method not in ("latteclip", "flyp"): raise LatteError(f"Unknown training method {cfg.method}.")
     model, dev = clip.model, clip.device
+    dist = dist or Dist(dev, cfg.precision, cfg.grad_accum)
     y_zs = torch.as_tensor(y_zs, dtype=torch.long)
     bank = TextBank(texts, clip.tokenizer)
     pixels = torch.from_numpy(load_pixels(ds, clip.image_size))                    # (N, H, W, 3) uint8
     norm = _normalizer(clip); N = len(ds)
-    bs = min(cfg.batch_size, N); steps = max(1, N // bs)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and _bf16_ok(dev))
+    bs = min(cfg.batch_size, N); steps = max(1, N // bs); dist.check_batch(bs)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     total = cfg.epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / cfg.warmup if s < cfg.warmup else
@@ -184,6 +202,16 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
         model.load_state_dict(sd)
         opt.load_state_dict(s["opt"]); sched.load_state_dict(s["sched"]); start = s["epoch"]; hist = History(**s["hist"])
     last_good = start if out is not None and (out / "state.pt").exists() else None
+    extra = lambda: {"__prototypes__": P.P} if P is not None else {}
+    save = lambda *a: _save(out, model, extra(), opt, sched, hist, *a) if dist.is_main else None
+    gather = dist.gather_grad if dist.world > 1 else None
+    def forward(x, idx, y, pick):                                                  # the whole step: DDP synchronises it
+        with dist.autocast():
+            f = model.encode_image(x, normalize=True)                              # (b, D)
+            if cfg.method == "flyp": return flyp_loss(model, f, y, bank, gather), None, None, None
+            loss, parts, mixed, labs, y_ft = latteclip_loss(model, f, idx, y, P, bank, cfg, pick, gather)
+            return loss, mixed, labs, y_ft
+    step_fn, opt_ = dist.prepare(LossStep(forward, model=model), opt)
     with StopRequest() as stop:
         for epoch in range(start, cfg.epochs):
             model.train(); t0, losses, agree, done = time.time(), [], [], 0
@@ -193,37 +221,42 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
                 done = s["step"]; g.set_state(s["g"]); losses, agree = list(s["partial"]["losses"]), list(s["partial"]["agree"])
                 t0 -= s["partial"]["seconds"]
             bar = progress(perm[done:], desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
-            for idx in bar:
-                x = pixels[idx]
+            for idx in bar:                                                        # `idx`: the global batch, the same in every process
+                x = pixels[idx]                                                    # augmented and drawn for the whole batch, then split:
                 x = augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.
-                x = norm(x).to(dev)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    f = model.encode_image(x, normalize=True)                               # (B, D)
-                    if cfg.method == "flyp": loss = flyp_loss(model, f, y_zs[idx].to(dev), bank)
-                    else:
-                        loss, parts, mixed, labs, y_ft = latteclip_loss(model, f, idx, y_zs[idx].to(dev), P, bank, cfg, g)
-                        agree.append((y_ft.cpu() == y_zs[idx]).float().mean().item())
-                loss = loss.float()
-                if not torch.isfinite(loss):
-                    where = (f"The last good checkpoint (after epoch {last_good}) is in {out}: resume from it with --resume and a lower --lr."
-                             if last_good is not None else "No checkpoint was written yet.")
-                    raise LatteError(f"Training stopped: the loss became {loss.item()} in epoch {epoch + 1}, step {len(losses) + 1}. "
-                                     f"Lower --lr (now {cfg.lr:g}). {where}")
-                opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+                pick = group_picks(bank, y_zs[idx], g) if cfg.method == "latteclip" else None   # the random stream of one process
+                x, step_loss = norm(x), 0.
+                opt_.zero_grad(set_to_none=True)
+                for j, mine in enumerate(dist.micro(idx)):                         # this process's part of each micro-batch
+                    with dist.sync(step_fn, j == dist.grad_accum - 1):
+                        loss, mixed, labs, y_ft = step_fn(x[mine].to(dev), idx[mine], y_zs[idx[mine]].to(dev),
+                                                          pick[mine] if pick is not None else None)
+                        loss = loss.float()
+                        if not torch.isfinite(loss):
+                            where = (f"The last good checkpoint (after epoch {last_good}) is in {out}: resume from it with --resume and a lower --lr."
+                                     if last_good is not None else "No checkpoint was written yet.")
+                            raise LatteError(f"Training stopped: the loss became {loss.item()} in epoch {epoch + 1}, step {len(losses) + 1}. "
+                                             f"Lower --lr (now {cfg.lr:g}). {where}")
+                        dist.backward(loss)
+                    step_loss += loss.item() / dist.grad_accum
+                    if P is not None:                                              # every process: the same global update
+                        P.update(dist.gather(mixed.float()), dist.gather(labs))
+                        agree.append(dist.mean((y_ft.cpu() == y_zs[idx[mine]]).float().mean().item()))
+                opt_.step()
+                if not dist.step_skipped: sched.step()
                 with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
-                if P is not None: P.update(mixed.float(), labs)
-                losses.append(loss.item()); bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+                losses.append(step_loss); bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
                 if on_step is not None: on_step(epoch, len(losses), losses[-1])
-                check_stop(stop, out, epoch, len(losses), steps,                    # SIGINT/SIGTERM: save mid-epoch and stop
-                           lambda: _save(out, model, {"__prototypes__": P.P} if P is not None else {}, opt, sched, hist, epoch, len(losses), g,
-                                         dict(losses=losses, agree=agree, seconds=time.time() - t0)))
+                dist.stop(stop)                                                    # SIGINT/SIGTERM in any process: all save mid-epoch and stop
+                check_stop(stop, out, epoch, len(losses), steps,
+                           lambda: (save(epoch, len(losses), g, dict(losses=losses, agree=agree, seconds=time.time() - t0)), dist.wait()))
             hist.loss.append(float(np.mean(losses))); hist.seconds.append(round(time.time() - t0, 2))
             hist.agreement.append(float(np.mean(agree)) if agree else None)
             if P is not None: hist.prototypes.append(P.P.cpu().clone())
             clip._text_cache.clear(); model.eval()
-            if evaluate is not None: hist.eval.append(evaluate(clip, P, encode_pixels(clip, pixels, norm)))
-            if out is not None: _save(out, model, {"__prototypes__": P.P} if P is not None else {}, opt, sched, hist, epoch + 1); last_good = epoch + 1
-            check_stop(stop, out, epoch)
+            if evaluate is not None and dist.is_main: hist.eval.append(evaluate(clip, P, encode_pixels(clip, pixels, norm)))
+            if out is not None: save(epoch + 1); last_good = epoch + 1
+            dist.wait(); dist.stop(stop); check_stop(stop, out, epoch)
             if stop_after is not None and epoch + 1 >= stop_after: break
     model.eval(); clip._text_cache.clear()
     return P, hist

@@ -11,7 +11,8 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, Interrupted, StopRequest, check_settings, seed_everything, generator, progress, out_dir
 from .models import TEMPLATE, zeroshot_classifier
 from .pretrain import load_pixels, augment, _normalizer, _bf16_ok
-from .train import encode_pixels, _save, _load_state, check_stop
+from .train import encode_pixels, _save, _load_state, check_stop, LossStep
+from .distributed import Dist
 
 # %% auto 0
 __all__ = ['entropy', 'ueo_loss', 'confidence_weights', 'PromptLearner', 'norm_affines', 'known_split', 'auroc', 'UEOConfig',
@@ -109,8 +110,9 @@ class UEOConfig:
     weight_scale: float = None         # s_w of the confidence weights; None: the model's logit scale; authors' code: 1
     n_ctx: int = 4
     augment: bool = True
-    precision: str = "auto"            # "bf16", "fp32", or "auto" (bf16 where supported)
+    precision: str = "auto"            # "bf16", "fp16" (GPU), "fp32", or "auto" (bf16 where supported)
     seed: int = 0
+    grad_accum: int = 1                # micro-batches per optimizer step (the marginal entropy is over one micro-batch)
     def __post_init__(self):
         check_settings([(self.weight_scale is None or self.weight_scale > 0, "--ueo-weight-scale must be positive"),
                         (self.n_ctx >= 1, "--n-ctx must be at least 1")], loop=self)
@@ -132,10 +134,12 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
             classes:list, # the known class names the prompts are built for
             cfg:UEOConfig=None, on_step=None, # optional callback(epoch, step, loss)
             out=None, resume:bool=False, # checkpoint folder: every epoch, and at the step reached on SIGINT/SIGTERM
+            dist:Dist=None, # the process group (None: made from `cfg`; several processes when launched by accelerate)
            )->tuple:
     "Train UEO on `ds`; returns `(PromptLearner, dict(w, logits_before, logits_after, history))`."
     cfg = cfg or UEOConfig(); seed_everything(cfg.seed)
     model, dev = clip.model, clip.device
+    dist = dist or Dist(dev, cfg.precision, cfg.grad_accum)
     prompts = PromptLearner(clip, classes, n_ctx=cfg.n_ctx).to(dev)
     for p in model.parameters(): p.requires_grad_(False)
     affines = [p for _, p in norm_affines(model.visual)]
@@ -144,10 +148,9 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
     before = ueo_predict(clip, prompts, pixels, norm)                                  # the initial zero-shot prediction
     scale = clip.logit_scale if cfg.weight_scale is None else cfg.weight_scale
     w = confidence_weights(before / clip.logit_scale, scale)                           # (N,) fixed for the whole run
-    bs = min(cfg.batch_size, N); steps = max(1, N // bs); total = cfg.epochs * steps
+    bs = min(cfg.batch_size, N); steps = max(1, N // bs); total = cfg.epochs * steps; dist.check_batch(bs)
     opt = torch.optim.SGD([{"params": [prompts.ctx]}, {"params": affines}], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and _bf16_ok(dev))
     hist, start, st = UEOHistory(), 0, {}; s = model.logit_scale.exp().clamp(max=100).detach()
     if out is not None: out = out_dir(out)
     if resume and out is not None and (out / "state.pt").exists():                    # the same files as `finetune`
@@ -155,7 +158,12 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
         with torch.no_grad(): prompts.ctx.copy_(sd.pop("__ctx__"))
         model.load_state_dict(sd); opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"])
         start, hist = st["epoch"], UEOHistory(**st["hist"])
-    save = lambda epoch, step=0, g=None, partial=None: _save(out, model, {"__ctx__": prompts.ctx}, opt, sched, hist, epoch, step, g, partial)
+    save = lambda epoch, step=0, g=None, partial=None: (_save(out, model, {"__ctx__": prompts.ctx}, opt, sched, hist, epoch, step, g, partial)
+                                                        if dist.is_main else None)
+    def forward(x):                                                                    # this process's images -> the micro-batch's logits
+        with dist.autocast(): logits = s * model.encode_image(x, normalize=True).float() @ prompts().float().T
+        return dist.gather_grad(logits)
+    step_fn, opt_ = dist.prepare(LossStep(forward, model=model, prompts=prompts), opt)
     model.eval()                                                                       # statistics frozen, affines learn
     with StopRequest() as stop:
         for epoch in range(start, cfg.epochs):
@@ -165,41 +173,49 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
             if epoch == start and st.get("step"):                                      # inside an interrupted epoch
                 done = st["step"]; g.set_state(st["g"]); parts = [tuple(q) for q in st["partial"]["parts"]]; t0 -= st["partial"]["seconds"]
             bar = progress(perm[done:], desc=f"ueo epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
-            for idx in bar:
+            for idx in bar:                                                            # the global batch, augmented as a whole
                 x = pixels[idx]
-                x = augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    f = model.encode_image(norm(x).to(dev), normalize=True)
-                    logits = s * f.float() @ prompts().float().T
-                loss = ueo_loss(logits, w[idx].to(dev), cfg.lam)
-                if not torch.isfinite(loss):
-                    raise LatteError(f"Training stopped: the UEO loss became {loss.item()} in epoch {epoch + 1}, step {len(parts) + 1}. "
-                                     f"Lower --lr (now {cfg.lr:g})." + (f" The last good checkpoint is in {out}." if out is not None and epoch > 0 else ""))
-                opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-                with torch.no_grad():
-                    p = logits.float().softmax(-1); wb = w[idx].to(dev)
-                    parts.append((loss.item(), float((wb * entropy(p)).sum() / wb.sum()),
-                                  float(entropy((p / wb[:, None]).sum(0) / (1 / wb).sum()))))
+                x = norm(augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.)
+                opt_.zero_grad(set_to_none=True); step = []
+                for j, mine in enumerate(dist.micro(idx)):
+                    wb = w[idx[j * len(idx) // dist.grad_accum:(j + 1) * len(idx) // dist.grad_accum]].to(dev)   # the whole micro-batch's weights
+                    with dist.sync(step_fn, j == dist.grad_accum - 1):
+                        logits = step_fn(x[mine].to(dev))
+                        loss = ueo_loss(logits, wb, cfg.lam)
+                        if not torch.isfinite(loss):
+                            raise LatteError(f"Training stopped: the UEO loss became {loss.item()} in epoch {epoch + 1}, step {len(parts) + 1}. "
+                                             f"Lower --lr (now {cfg.lr:g})." + (f" The last good checkpoint is in {out}." if out is not None and epoch > 0 else ""))
+                        dist.backward(loss)
+                    with torch.no_grad():
+                        p = logits.float().softmax(-1)
+                        step.append((loss.item(), float((wb * entropy(p)).sum() / wb.sum()), float(entropy((p / wb[:, None]).sum(0) / (1 / wb).sum()))))
+                opt_.step()
+                if not dist.step_skipped: sched.step()
+                parts.append(tuple(np.mean(step, 0).tolist()))
                 bar.set_postfix(loss=f"{np.mean([q[0] for q in parts[-10:]]):.3f}")
                 if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
-                check_stop(stop, out, epoch, len(parts), steps,                        # SIGINT/SIGTERM: save mid-epoch, stop
-                           lambda: save(epoch, len(parts), g, dict(parts=parts, seconds=time.time() - t0)))
+                dist.stop(stop)                                                        # SIGINT/SIGTERM in any process: save mid-epoch, stop
+                check_stop(stop, out, epoch, len(parts), steps,
+                           lambda: (save(epoch, len(parts), g, dict(parts=parts, seconds=time.time() - t0)), dist.wait()))
             a = np.asarray(parts).mean(0)
             hist.loss.append(float(a[0])); hist.sharpen.append(float(a[1])); hist.marginal.append(float(a[2]))
             hist.seconds.append(round(time.time() - t0, 2))
             if out is not None: save(epoch + 1)
-            check_stop(stop, out, epoch)
+            dist.wait(); dist.stop(stop); check_stop(stop, out, epoch)
     for p in model.parameters(): p.requires_grad_(True)
     model.eval(); clip._text_cache.clear()
     return prompts, dict(w=w, logits_before=before, logits_after=ueo_predict(clip, prompts, pixels, norm), history=hist)
 
 # %% ../nbs/21_ueo.ipynb 16
 def run_ueo(clip, ds, # a `Clip` and an `ImageSet` (labels are read only by the evaluation at the end)
-            cfg:UEOConfig=None, known=None, n_unknown:int=0, on_step=None, out=None, resume:bool=False)->dict:
+            cfg:UEOConfig=None, known=None, n_unknown:int=0, on_step=None, out=None, resume:bool=False,
+            dist=None, # the process group (see `fit_ueo`); in a launched group only the first process returns the results
+           )->dict:
     "UEO end to end on `ds` with the known classes `known` (see `known_split`); logits and scores before and after."
     from latteclip.zeroshot import scores
     kidx = known_split(ds.classes, known, n_unknown); classes = [ds.classes[i] for i in kidx]
-    prompts, r = fit_ueo(clip, ds.unlabeled(), classes, cfg, on_step, out, resume)
+    prompts, r = fit_ueo(clip, ds.unlabeled(), classes, cfg, on_step, out, resume, dist)
+    if dist is not None and not dist.is_main: return None
     res = dict(known=kidx, known_classes=classes, prompts=prompts, **r)
     if ds.has_labels:                                                                  # evaluation only
         remap = {c: j for j, c in enumerate(kidx)}
