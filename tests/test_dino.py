@@ -75,7 +75,7 @@ def test_shipped_weights_are_the_dino_model():
     sd = load_file(str(f)); net = tiny_vit()
     assert sd.keys() == net.state_dict().keys()                                # the backbone alone, no projection head
     log = __import__("json").loads((ASSETS / "dino.json").read_text())
-    assert log["knn_target_top1"] > 30 and log["config"]["n_train"] == 44500   # measured on the clean target set
+    assert log["knn_target_top1"] > 55 and log["config"]["n_train"] == 44500   # measured on the clean target set
 
 
 def test_real_model_paths_offline(tmp_path, monkeypatch):
