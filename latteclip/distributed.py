@@ -140,6 +140,8 @@ def launch(argv:list, # the `latteclip` arguments each process runs (e.g. `["run
         raise LatteError(f"--num-processes {num_processes} needs as many GPUs; this machine has {torch.cuda.device_count()}.")
     args = ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no",
             "--main_process_port", str(free_port()), "--mixed_precision", mixed_precision or "no", "-m", "latteclip", *argv]
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")   # the processes' C++ warnings (DDP's note on find_unused_parameters, which
+                                                             # is on because a model may hold parameters a loss never uses)
     try: launch_command(launch_command_parser().parse_args(args))
     except SystemExit as e: return int(e.code or 0)
     except Exception as e:                                                    # a process failed: its own message is above
