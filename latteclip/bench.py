@@ -138,7 +138,7 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
         mm = json.loads((Path(d) / "run" / "metrics.json").read_text())
         res.update(peak_rss_mb=mm["peak_rss_mb"], default_run_s=mm["seconds"], default_run_epochs=int(args[1]), default_run_images=mm["n_images"])
     say("data-parallel: the same training in 2 processes (accelerate, gloo on CPU) and in 1, same global batch")
-    res.update(ddp_throughput(full, n, bs_scale, 1 if quick else 2))
+    res.update(ddp_throughput(full, n, bs_scale - bs_scale % 2, 1 if quick else 2))   # a batch 2 processes split evenly
     code = "import time; t=time.perf_counter(); import {}; print(time.perf_counter()-t)"
     res["import_s"] = round(min(_child(code.format("latteclip")) for _ in range(3)), 3)
     res["import_all_s"] = round(min(_child(code.format("latteclip.cli, latteclip.report, latteclip.bench")) for _ in range(3)), 3)
