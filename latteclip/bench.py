@@ -51,7 +51,7 @@ def _child(code:str)->float:
     return float(r.stdout.strip().splitlines()[-1])
 
 # %% ../nbs/17_bench.ipynb 7
-def ddp_throughput(full, n:int, batch_size:int, epochs:int=2)->dict:
+def ddp_throughput(full, n:int, batch_size:int, epochs:int=2, repeats:int=2)->dict:
     "Training images per second of `latteclip run` in 2 processes and in 1 on the same `n` images (warm text cache), and their ratio."
     with tempfile.TemporaryDirectory() as d:
         sub = full.subset(np.linspace(0, len(full) - 1, n).astype(int))
@@ -59,7 +59,7 @@ def ddp_throughput(full, n:int, batch_size:int, epochs:int=2)->dict:
             f = Path(d) / "data" / sub.classes[sub.labels[i]] / f"{i}.png"; f.parent.mkdir(parents=True, exist_ok=True)
             sub.image(i).save(f)
         ips = {}
-        for procs in (1, 2, 1, 2):                                            # each twice, alternating; the faster of each
+        for procs in (1, 2) * repeats:                                        # alternating; the faster of each
             args = ["--data", str(Path(d) / "data"), "--shift", DEFAULT_SHIFT, "--epochs", str(epochs), "--batch-size", str(batch_size),
                     "--out", str(Path(d) / f"run{procs}"), "--text-cache", str(Path(d) / "texts.jsonl")] + (["--num-processes", "2"] if procs > 1 else [])
             r = subprocess.run([sys.executable, "-m", "latteclip", "run", *args], capture_output=True, text=True,
@@ -138,7 +138,7 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
         mm = json.loads((Path(d) / "run" / "metrics.json").read_text())
         res.update(peak_rss_mb=mm["peak_rss_mb"], default_run_s=mm["seconds"], default_run_epochs=int(args[1]), default_run_images=mm["n_images"])
     say("data-parallel: the same training in 2 processes (accelerate, gloo on CPU) and in 1, same global batch")
-    res.update(ddp_throughput(full, n, bs_scale - bs_scale % 2, 1 if quick else 2))   # a batch 2 processes split evenly
+    res.update(ddp_throughput(full, n, bs_scale - bs_scale % 2, 1 if quick else 2, 1 if quick else 2))   # a batch 2 processes split evenly
     code = "import time; t=time.perf_counter(); import {}; print(time.perf_counter()-t)"
     res["import_s"] = round(min(_child(code.format("latteclip")) for _ in range(3)), 3)
     res["import_all_s"] = round(min(_child(code.format("latteclip.cli, latteclip.report, latteclip.bench")) for _ in range(3)), 3)
