@@ -10,7 +10,7 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, StopRequest, check_settings, seed_everything, generator, progress, out_dir
 from .models import TEMPLATE, zeroshot_classifier
-from .pretrain import load_pixels, augment, _normalizer, _bf16_ok
+from .pretrain import load_pixels, augment, _normalizer
 from .train import encode_pixels, _save, _load_state, check_stop, LossStep
 from .distributed import Dist
 

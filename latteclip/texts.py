@@ -140,7 +140,7 @@ class TextCache:
                           "write); it was removed and will be generated again.", stacklevel=2)
         for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
             if not line.strip(): continue
-            try: rec = json.loads(line); self.texts[rec["key"]] = rec["text"]; self.records[rec["key"]] = {k: v for k, v in rec.items() if k != "key"}
+            try: rec = json.loads(line); self.texts[rec["key"]] = rec["text"]; self.records[rec["key"]] = {k: v for k, v in rec.items() if k not in ("key", "text")}
             except (json.JSONDecodeError, KeyError, TypeError): raise LatteError(f"The text cache {self.path} is damaged at line {n}: delete that line or the file.") from None
     def reload(self):
         "Read the file again (records other processes added)."
@@ -156,7 +156,7 @@ class TextCache:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore"); part = TextCache(f)                     # a torn last line: dropped, made again
             for k, rec in part.records.items():
-                if k not in self.texts: self.add(k, rec.pop("text"), **rec); new += 1
+                if k not in self.texts: self.add(k, part.texts[k], **rec); new += 1
             f.unlink()
         return new
     def __contains__(self, k): return k in self.texts
@@ -167,7 +167,7 @@ class TextCache:
         line = json.dumps(dict(key=k, text=text, **meta), ensure_ascii=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line); fh.flush(); os.fsync(fh.fileno())
-        self.texts[k] = text; self.records[k] = dict(text=text, **meta)
+        self.texts[k] = text; self.records[k] = meta                 # records: what else each line holds
 
 # %% ../nbs/11_texts.ipynb 16
 @dataclass

@@ -12,7 +12,7 @@ import torch, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from .core import LatteError, Interrupted, StopRequest, check_settings, progress, seed_everything, generator, out_dir, write_json
 from .models import encode_images, encode_texts, encode_tokens
-from .pretrain import load_pixels, augment, _normalizer, _param_groups, _bf16_ok
+from .pretrain import load_pixels, augment, _normalizer, _param_groups
 from .prototypes import Prototypes
 from .mixer import text_weights, mix, targets, KINDS
 from .distributed import Dist
