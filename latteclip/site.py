@@ -4,13 +4,13 @@
 
 # %% ../nbs/97_site.ipynb 3
 from __future__ import annotations
-import html, importlib, inspect, os, re, shutil
+import html, importlib, inspect, json, os, re
 from html.parser import HTMLParser
 from pathlib import Path
-from .core import LatteError, out_dir
+from .core import LatteError, out_dir, write_json
 
 # %% auto 0
-__all__ = ['MODULES', 'STYLE', 'rewrite_links', 'api_page', 'embed_images', 'build_site', 'check_site']
+__all__ = ['MODULES', 'MARKER', 'STYLE', 'rewrite_links', 'site_folder', 'api_page', 'embed_images', 'build_site', 'check_site']
 
 # %% ../nbs/97_site.ipynb 6
 MODULES = ["core", "data", "models", "attributes", "pretrain", "zeroshot", "pseudolabels", "texts", "vlm", "prototypes",
@@ -38,7 +38,56 @@ def rewrite_links(page:str, # HTML
         return f'{attr}="{html.escape(new)}"'
     return re.sub(r'(href)="([^"]*)"', fix, page)
 
-# %% ../nbs/97_site.ipynb 8
+# %% ../nbs/97_site.ipynb 9
+MARKER = ".latteclip-site.json"   # written into every site folder: the files `build_site` wrote there
+
+def _site_page(name)->bool:
+    "Whether a marker entry can be a page `build_site` wrote: a plain `*.html` file name, no folder, no drive."
+    if not isinstance(name, str) or not name.endswith(".html") or name in (".", ".."): return False
+    return not any(c in name for c in ("/", "\\", ":", "\0", os.sep)) and not os.path.isabs(name)
+
+def _marker_files(out:Path):
+    "The pages the marker in `out` lists (only plain names inside `out`), or None when `out` holds no readable marker."
+    marker = out / MARKER
+    try:
+        files = json.loads(marker.read_text())["files"] if marker.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError): return None
+    return [f for f in files if _site_page(f)] if isinstance(files, list) else None
+
+def site_folder(out, # where the site goes (`--out`)
+                pages:list, # the file names the build will write
+               )->list:
+    "Check that `out` may take the site and return the pages a previous build left there; touches nothing."
+    out = Path(out).expanduser()
+    where = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise LatteError(f"{where} is a file, not a folder: pass a new or empty folder to --out.")
+    try:
+        empty = not out.is_dir() or not any(out.iterdir())
+    except OSError as e:
+        msg = f"Cannot read the output folder {where} ({e.strerror}): pass --out with a folder you can read."
+        raise LatteError(msg) from None
+    if empty: return []
+    old = _marker_files(out)
+    if old is None:
+        msg = f"{where} is not empty and is not a site latteclip built: pass an empty or new folder to --out."
+        raise LatteError(msg)
+    clash = [p for p in pages if p not in old and os.path.lexists(out / p)]
+    if clash:
+        msg = f"{where / clash[0]} is in the way and latteclip did not write it: move it away or use a new --out."
+        raise LatteError(msg)
+    return old
+
+def _write_page(path:Path, text:str):
+    "Write `text` under a temporary name beside `path` and rename it into place: a failure leaves no half page."
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp): tmp.unlink()
+
+# %% ../nbs/97_site.ipynb 11
 STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:0 auto;padding:0 1em}
 nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:.4em 0;font-size:.85em;z-index:9}
 nav a{margin-right:.8em}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:2px 6px}
@@ -82,9 +131,14 @@ def build_site(root=".", # the repository: README.md, settings.ini and nbs/
     root = Path(root); nbs = root / "nbs"
     notebooks = sorted(p for p in nbs.glob("*.ipynb") if not p.name.startswith((".", "_")))
     if not notebooks: raise LatteError(f"No notebooks in {nbs}: run `latteclip docs` from the repository root or pass --root.")
-    out = Path(out)
-    if out.exists(): shutil.rmtree(out)
-    out = out_dir(out); stems = {p.stem for p in notebooks}; repo = _git_url(root)
+    names = {p: "notebook-index.html" if p.stem == "index" else f"{p.stem}.html" for p in notebooks}
+    written = [*names.values(), "index.html", "api.html"]
+    old = site_folder(out, written)
+    out = out_dir(out)
+    # list the new pages before writing them, so that a build which fails half-way still leaves a site latteclip built
+    write_json(dict(written_by="latteclip docs", files=sorted({*old, *written})), out / MARKER)
+    stems = {p.stem for p in notebooks}
+    repo = _git_url(root)
     nav = "<nav><a href='index.html'>latteclip</a>" + "".join(f"<a href='{p.stem}.html'>{p.stem}</a>" for p in notebooks
                                                           if p.stem != "index") + "<a href='api.html'>API</a></nav>"
     exporter = HTMLExporter(template_name="lab")
@@ -92,15 +146,18 @@ def build_site(root=".", # the repository: README.md, settings.ini and nbs/
         body, _ = exporter.from_filename(str(p))
         body = rewrite_links(body, stems, repo, "nbs/")
         body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav, body, count=1)
-        (out / ("notebook-index.html" if p.stem == "index" else f"{p.stem}.html")).write_text(body)
+        _write_page(out / names[p], body)
     readme = root / "README.md"
     front = mistune.html(readme.read_text()) if readme.exists() else "<h1>latteclip</h1>"
     front = embed_images(front, root)
-    (out / "index.html").write_text(_page("latteclip", nav, rewrite_links(front, stems, repo)))
-    (out / "api.html").write_text(_page("latteclip API", nav, api_page()))
-    return dict(out=str(out), notebooks=[p.stem for p in notebooks], pages=sorted(f.name for f in out.glob("*.html")))
+    _write_page(out / "index.html", _page("latteclip", nav, rewrite_links(front, stems, repo)))
+    _write_page(out / "api.html", _page("latteclip API", nav, api_page()))
+    for f in set(old) - set(written):                                # pages of notebooks that are gone, and only those
+        if (out / f).is_symlink() or (out / f).is_file(): (out / f).unlink()
+    write_json(dict(written_by="latteclip docs", files=sorted(written)), out / MARKER)
+    return dict(out=str(out), notebooks=[p.stem for p in notebooks], pages=sorted(written))
 
-# %% ../nbs/97_site.ipynb 10
+# %% ../nbs/97_site.ipynb 13
 class _Links(HTMLParser):
     def __init__(self):
         super().__init__(); self.hrefs, self.srcs, self.ids = [], [], set()
