@@ -18,7 +18,7 @@ from .train import TrainConfig, finetune
 from .report import run_method
 
 # %% auto 0
-__all__ = ['step_seconds', 'encode_seconds', 'ddp_throughput', 'bench']
+__all__ = ['step_seconds', 'encode_seconds', 'sig', 'ddp_throughput', 'bench']
 
 # %% ../nbs/17_bench.ipynb 5
 def step_seconds(model_name:str, ds, texts, y, method:str, batch_size:int, steps:int=4, seed:int=0)->float:
@@ -46,11 +46,16 @@ def encode_seconds(clip, ds, batch_size:int, repeats:int=3)->tuple:
         for f in ((run_ours, run_plain) if r % 2 == 0 else (run_plain, run_ours)): f()
     return float(np.median(ours)), float(np.median(plain))
 
+def sig(x:float, # a measured time, rate or ratio
+        digits:int=4)->float:
+    "`x` rounded to `digits` significant figures: short to read, and never rounded to zero on a fast machine."
+    return float(f"{x:.{digits}g}")
+
 def _child(code:str)->float:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(r.stdout.strip().splitlines()[-1])
 
-# %% ../nbs/17_bench.ipynb 7
+# %% ../nbs/17_bench.ipynb 8
 def ddp_throughput(full, n:int, batch_size:int, epochs:int=2, repeats:int=2)->dict:
     "Training images per second of `latteclip run` in 2 processes and in 1 on the same `n` images (`full`'s, saved shifted; warm text cache), and their ratio."
     with tempfile.TemporaryDirectory() as d:
@@ -69,8 +74,8 @@ def ddp_throughput(full, n:int, batch_size:int, epochs:int=2, repeats:int=2)->di
             imgs = (m["n_images"] // batch_size) * batch_size * epochs
             ips[procs] = max(ips.get(procs, 0), imgs / sum(m["history"]["seconds"]))
             ips[f"top1_{procs}"] = m["top1"]
-    return dict(ddp_images=n, ddp_batch_size=batch_size, ddp_epochs=epochs, single_images_per_s=round(ips[1], 1),
-                ddp2_images_per_s=round(ips[2], 1), ddp2_vs_single_throughput=round(ips[2] / ips[1], 3),
+    return dict(ddp_images=n, ddp_batch_size=batch_size, ddp_epochs=epochs, single_images_per_s=sig(ips[1]),
+                ddp2_images_per_s=sig(ips[2]), ddp2_vs_single_throughput=sig(ips[2] / ips[1]),
                 ddp2_top1=ips["top1_2"], single_top1=ips["top1_1"])
 
 def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measurements (N; 2N for scaling)
@@ -92,7 +97,7 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
     say("text stage, cold and warm cache")
     t = time.perf_counter(); T = synthetic_texts(ds.subset(range(n)), y[:n], AttributeDescriber(), TextCache(cache_path)); cold = time.perf_counter() - t
     t = time.perf_counter(); T2 = synthetic_texts(ds.subset(range(n)), y[:n], AttributeDescriber(), TextCache(cache_path)); warm = time.perf_counter() - t
-    res.update(text_cold_s=round(cold, 3), text_warm_s=round(warm, 3), cache_rerun_fraction=round(warm / cold, 4), warm_calls=T2.calls)
+    res.update(text_cold_s=sig(cold), text_warm_s=sig(warm), cache_rerun_fraction=sig(warm / cold), warm_calls=T2.calls)
     for name in models:
         say(f"{name}: training steps and feature extraction")
         bs = 32 if name != "latteclip-tiny" else 256
@@ -102,9 +107,9 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
         clip = tiny if name == "latteclip-tiny" else load_clip(name, None, "cpu")
         enc = ds.subset(range(512 if name == "latteclip-tiny" else 64))
         ours, plain = encode_seconds(clip, enc, 64 if name == "latteclip-tiny" else 32, 2 if quick else 5)
-        res[name] = dict(batch_size=bs, latteclip_step_s=round(lat, 4), flyp_step_s=round(fly, 4),
-                         step_ratio_latteclip_vs_flyp=round(lat / fly, 3), encode_s=round(ours, 3), open_clip_encode_s=round(plain, 3),
-                         encode_ratio_vs_open_clip=round(plain / ours, 3))
+        res[name] = dict(batch_size=bs, latteclip_step_s=sig(lat), flyp_step_s=sig(fly),
+                         step_ratio_latteclip_vs_flyp=sig(lat / fly), encode_s=sig(ours), open_clip_encode_s=sig(plain),
+                         encode_ratio_vs_open_clip=sig(plain / ours))
     res["step_ratio_latteclip_vs_flyp"] = res[models[0]]["step_ratio_latteclip_vs_flyp"]       # headline: the first model
     res["encode_ratio_vs_open_clip"] = res[models[0]]["encode_ratio_vs_open_clip"]
     say(f"scaling: whole runs on {n // 2} and {n} images")
@@ -121,8 +126,8 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
     for r in rounds:
         for k in r: runs[k].append(whole_run(k))
     times = {k: min(v) for k, v in runs.items()}
-    res.update(scale_n=n // 2, scale_time_n_s=round(times[n // 2], 2), scale_time_2n_s=round(times[n], 2),
-               scale_ratio_2n_vs_n=round(times[n] / times[n // 2], 3), scale_batch_size=bs_scale, scale_epochs=ep)
+    res.update(scale_n=n // 2, scale_time_n_s=sig(times[n // 2]), scale_time_2n_s=sig(times[n]),
+               scale_ratio_2n_vs_n=sig(times[n] / times[n // 2]), scale_batch_size=bs_scale, scale_epochs=ep)
     say("the default run in a child process, for its peak memory")
     with tempfile.TemporaryDirectory() as d:
         args = ["--epochs", "10"]
@@ -140,8 +145,8 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
     say("data-parallel: the same training in 2 processes (accelerate, gloo on CPU) and in 1, same global batch")
     res.update(ddp_throughput(full, n, bs_scale - bs_scale % 2, 1 if quick else 2, 1 if quick else 2))   # a batch 2 processes split evenly
     code = "import time; t=time.perf_counter(); import {}; print(time.perf_counter()-t)"
-    res["import_s"] = round(min(_child(code.format("latteclip")) for _ in range(3)), 3)
-    res["import_all_s"] = round(min(_child(code.format("latteclip.cli, latteclip.report, latteclip.bench")) for _ in range(3)), 3)
+    res["import_s"] = sig(min(_child(code.format("latteclip")) for _ in range(3)))
+    res["import_all_s"] = sig(min(_child(code.format("latteclip.cli, latteclip.report, latteclip.bench")) for _ in range(3)))
     res["transformers_imported_by_latteclip"] = _child("import sys, latteclip.report, latteclip.vlm; print(int('transformers' in sys.modules))") == 1
     write_json(res, out / "bench.json")
     return res

@@ -34,3 +34,15 @@ def latteclip(*args, cwd=None, timeout=600):
     "Run the real `latteclip` command in a child process."
     return subprocess.run([sys.executable, "-m", "latteclip", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env={**os.environ, "LATTECLIP_QUIET": "1"})
+
+
+@pytest.fixture
+def network_lookups(monkeypatch):
+    "The host names this process looks up from now on (each network connection starts with one): the real resolver, counted."
+    import socket
+    seen, real = [], socket.getaddrinfo
+    def counted(host, *a, **k):
+        seen.append(host)
+        return real(host, *a, **k)
+    monkeypatch.setattr(socket, "getaddrinfo", counted)
+    return seen
