@@ -46,3 +46,10 @@ def network_lookups(monkeypatch):
         return real(host, *a, **k)
     monkeypatch.setattr(socket, "getaddrinfo", counted)
     return seen
+
+
+def hf_offline(monkeypatch):
+    "HF_HUB_OFFLINE=1 as a user sets it before starting Python: huggingface_hub reads it once, when first imported."
+    import huggingface_hub.constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

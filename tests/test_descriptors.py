@@ -7,6 +7,7 @@ from latteclip.vlm import CIFAR10
 from latteclip.attributes import ADJECTIVES, SIZES, COLOURS
 from latteclip.descriptors import (LLMDescriber, tiny_llm, class_descriptors, descriptors_from_captions, load_descriptors,
                                    read_descriptors, save_descriptors, descriptor_classifier, Descriptors)
+from conftest import hf_offline
 
 CLASSES = ["cat", "ship", "frog"]
 
@@ -67,7 +68,7 @@ def test_empty_answer_falls_back_to_template():
 
 
 def test_missing_models_fail_fast_in_one_sentence(tmp_path, monkeypatch, network_lookups):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf_offline(monkeypatch)
     with pytest.raises(LatteError, match="does not exist"):
         LLMDescriber(str(tmp_path / "no" / "such" / "folder"))
     with pytest.raises(LatteError, match="HF_HUB_OFFLINE"):

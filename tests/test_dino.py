@@ -6,7 +6,7 @@ import pytest, torch
 from safetensors.torch import load_file
 from latteclip.core import LatteError
 from latteclip.dino import (dino_loss, multicrop, knn_top1, pretrain_dino, load_ssl, tiny_vit, DINO_TINY, DINO_CFG, cosine)
-from conftest import write_images
+from conftest import write_images, hf_offline
 
 
 def _softmax(x):
@@ -87,7 +87,7 @@ def test_real_model_paths_offline(tmp_path, monkeypatch, network_lookups):
     assert ssl.kind == "transformers" and ssl.size == 28
     f = ssl.encode(np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8))
     assert f.shape == (3, 32)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf_offline(monkeypatch)
     with pytest.raises(LatteError, match="timm"): load_ssl("vit_small_patch16_224.dino", device="cpu")
     with pytest.raises(LatteError, match="transformers"): load_ssl("facebook/dinov2-small", device="cpu")
     assert network_lookups == []                                               # fails fast: no network attempt at all

@@ -3,6 +3,7 @@ import numpy as np
 import pytest, torch
 from latteclip.core import LatteError
 from latteclip.models import load_clip, encode_images, encode_texts, zeroshot_classifier, templates_for, TINY
+from conftest import hf_offline
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_pretrained_tag_without_network_fails_fast(monkeypatch, offline_env, net
     "A pretrained tag whose weights are not cached: one sentence in seconds (not a minute of download retries)."
     import socket
     for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"): monkeypatch.delenv(v, raising=False)
-    if offline_env: monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if offline_env: hf_offline(monkeypatch)
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         try: socket.create_connection(("huggingface.co", 443), timeout=5).close(); pytest.skip("this machine reaches huggingface.co")
