@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_texts.ipynb 3
 from __future__ import annotations
-import json, os, warnings
+import codecs, json, os, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -127,21 +127,75 @@ class JsonlDescriber:
         return out
 
 # %% ../nbs/11_texts.ipynb 14
+_HEAD, _SEP = '{"key": "', ', "text": '                               # how every line `TextCache.add` writes begins
+_NOT_RECORD = 'not a JSON object with the string fields "key" and "text"'
+
+def _record(line:str)->dict|None:
+    "The cache record on `line` (a JSON object with the string fields key and text), else None."
+    try: rec = json.loads(line)
+    except json.JSONDecodeError: return None
+    ok = isinstance(rec, dict) and isinstance(rec.get("key"), str) and isinstance(rec.get("text"), str)
+    return rec if ok else None
+
+def _torn_record(tail:bytes)->bool:
+    "Whether `tail`, a last line without its newline, is the start of a record that `TextCache.add` was writing."
+    try: s = codecs.getincrementaldecoder("utf-8")().decode(tail)   # not final: a character cut in two is fine
+    except UnicodeDecodeError: return False
+    if len(s) <= len(_HEAD): return s != "" and _HEAD.startswith(s)
+    m = re.match(r'\{"key": "((?:[^"\\]|\\.)*)("?)(.*)', s, re.S)
+    if m is None: return False
+    if not m.group(2): return True                                   # cut inside the key
+    rest = m.group(3)
+    if not (_SEP.startswith(rest) or rest.startswith(_SEP)): return False
+    try: json.loads(s)
+    except json.JSONDecodeError: return True                         # cut before its end
+    return _record(s) is not None                                    # whole but for its newline
+
 class TextCache:
-    "A resumable JSONL cache of generated texts."
+    "A resumable JSONL cache of generated texts; a file that is not one is refused, unchanged."
     def __init__(self, path):
-        self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True); self.texts, self.records = {}, {}
+        self.path = Path(path)
+        self.texts, self.records = {}, {}
         if self.path.exists(): self._load()
+        try: self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LatteError(f"Cannot make the folder of the text cache {self.path} ({e.strerror}): "
+                             "pass a path in a writable folder.") from None
+    def _not_cache(self, why:str)->LatteError:
+        "The error for a file that is no latteclip text cache because of `why`."
+        return LatteError(f"{self.path} is not a latteclip text cache ({why}): "
+                          "pass a new path or a latteclip text cache.")
+    def _bad_line(self, n:int, what:str, damaged:bool)->LatteError:
+        "The error for line `n`, which is `what`: a `damaged` cache (records came before it), else no cache at all."
+        if not damaged: return self._not_cache(f"line {n} is {what}")
+        return LatteError(f"The text cache {self.path} is damaged at line {n} ({what}): delete that line or the file, "
+                          "or pass a new path.")
     def _load(self):
-        raw = self.path.read_bytes()
-        if raw and not raw.endswith(b"\n"):                       # a torn last record (an interrupted write): cut it off
-            raw = raw[: raw.rfind(b"\n") + 1]; self.path.write_bytes(raw); n = raw.count(b"\n") + 1
-            warnings.warn(f"The text cache {self.path} ended in an incomplete record (line {n}, from an interrupted "
-                          "write); it was removed and will be generated again.", stacklevel=2)
-        for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        "Check the whole file, then read it; only a torn last record (an interrupted write) is cut off."
+        p = self.path
+        if str(p) == os.devnull: return
+        if not p.is_file(): raise self._not_cache("it is a folder" if p.is_dir() else "it is not a regular file")
+        try: raw = p.read_bytes()
+        except OSError as e: raise self._not_cache(f"it cannot be read: {e.strerror}") from None
+        end = raw.rfind(b"\n") + 1                                   # the complete lines; then a torn one, if any
+        texts, records = {}, {}
+        for n, line in enumerate(raw[:end].split(b"\n")[:-1], 1):
+            try: line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise self._bad_line(n, "not UTF-8 text", bool(texts)) from None
             if not line.strip(): continue
-            try: rec = json.loads(line); self.texts[rec["key"]] = rec["text"]; self.records[rec["key"]] = {k: v for k, v in rec.items() if k not in ("key", "text")}
-            except (json.JSONDecodeError, KeyError, TypeError): raise LatteError(f"The text cache {self.path} is damaged at line {n}: delete that line or the file.") from None
+            rec = _record(line)
+            if rec is None: raise self._bad_line(n, _NOT_RECORD, bool(texts))
+            texts[rec["key"]] = rec["text"]
+            records[rec["key"]] = {k: v for k, v in rec.items() if k not in ("key", "text")}
+        if end < len(raw):
+            n = raw.count(b"\n") + 1
+            if not _torn_record(raw[end:]):
+                raise self._bad_line(n, "the last, with no newline, and not the start of a record", bool(texts))
+            os.truncate(p, end)                                      # only the torn record goes; the rest is untouched
+            warnings.warn(f"The text cache {p} ended in an incomplete record (line {n}, from an interrupted "
+                          "write); it was removed and will be generated again.", stacklevel=3)
+        self.texts, self.records = texts, records
     def reload(self):
         "Read the file again (records other processes added)."
         self.texts, self.records = {}, {}
@@ -150,13 +204,18 @@ class TextCache:
         "The cache file that process `rank` of a launched group writes while generating (merged by `merge_parts`)."
         return TextCache(self.path.with_name(f"{self.path.stem}.part{rank}{self.path.suffix}"))
     def merge_parts(self)->int:
-        "Move every record of the per-process part files into this cache (once per key) and delete them; returns how many were new."
+        "Move every record of the per-process part files into this cache (once per key), delete them; returns the new."
+        stem, suffix = re.escape(self.path.stem), re.escape(self.path.suffix)
+        name = re.compile(stem + r"\.part\d+" + suffix)                   # only the names `part` gives
         new = 0
-        for f in sorted(self.path.parent.glob(f"{self.path.stem}.part*{self.path.suffix}")):
+        for f in sorted(f for f in self.path.parent.iterdir() if name.fullmatch(f.name)):
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore"); part = TextCache(f)                     # a torn last line: dropped, made again
+                warnings.simplefilter("ignore")
+                part = TextCache(f)                     # a torn last line: dropped (made again); no cache: refused
             for k, rec in part.records.items():
-                if k not in self.texts: self.add(k, part.texts[k], **rec); new += 1
+                if k not in self.texts:
+                    self.add(k, part.texts[k], **rec)
+                    new += 1
             f.unlink()
         return new
     def __contains__(self, k): return k in self.texts
@@ -166,10 +225,13 @@ class TextCache:
         if k in self.texts: return
         line = json.dumps(dict(key=k, text=text, **meta), ensure_ascii=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line); fh.flush(); os.fsync(fh.fileno())
-        self.texts[k] = text; self.records[k] = meta                 # records: what else each line holds
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.texts[k] = text
+        self.records[k] = meta                                       # records: what else each line holds
 
-# %% ../nbs/11_texts.ipynb 16
+# %% ../nbs/11_texts.ipynb 17
 @dataclass
 class Texts:
     "The synthetic texts of one unlabeled set."
