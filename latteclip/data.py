@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
-import io, os, tarfile, zipfile, warnings
+import io, os, stat, tarfile, zipfile, warnings, zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -14,22 +14,68 @@ from matplotlib import colors as mcolors
 from .core import LatteError, progress, seed_from, asset, stable_hash
 
 # %% auto 0
-__all__ = ['IMG_EXTS', 'SHIFTS', 'MAX_PIXELS', 'EMBEDDED', 'DEFAULT_SHIFT', 'TORCHVISION', 'is_image_name', 'FolderReader',
-           'ArchiveReader', 'decode_image', 'gaussian_noise', 'shot_noise', 'speckle_noise', 'impulse_noise',
-           'gaussian_blur', 'defocus_blur', 'contrast', 'brightness', 'saturate', 'grayscale', 'plasma_fractal', 'fog',
-           'jpeg', 'pixelate', 'Shift', 'parse_shift', 'ImageSet', 'check_image', 'image_folder', 'flat_folder',
-           'pack_archive', 'embedded_target', 'TorchvisionReader', 'torchvision_set', 'open_data']
+__all__ = ['IMG_EXTS', 'MAX_BYTES', 'SHIFTS', 'MAX_PIXELS', 'EMBEDDED', 'DEFAULT_SHIFT', 'TORCHVISION', 'is_image_name',
+           'UnreadableFile', 'check_file', 'read_file', 'FolderReader', 'ArchiveReader', 'decode_image',
+           'gaussian_noise', 'shot_noise', 'speckle_noise', 'impulse_noise', 'gaussian_blur', 'defocus_blur',
+           'contrast', 'brightness', 'saturate', 'grayscale', 'plasma_fractal', 'fog', 'jpeg', 'pixelate', 'Shift',
+           'parse_shift', 'ImageSet', 'check_image', 'image_folder', 'flat_folder', 'pack_archive', 'embedded_target',
+           'TorchvisionReader', 'torchvision_set', 'open_data']
 
 # %% ../nbs/01_data.ipynb 5
 IMG_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_BYTES = 256 * 2**20   # a file (or archive member) larger than this is skipped unread
 
 def is_image_name(name:str)->bool:
     "True for a visible file name with an image extension."
     base = name.rsplit("/", 1)[-1]
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMG_EXTS
 
+class UnreadableFile(OSError):
+    "A file left out without being read, or not read to its end; the message is the reason `skipped` lists."
+
+def _size(n):
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n:,} bytes"
+
+def _too_large(size, limit): return f"larger than {_size(limit)} ({_size(size)})"
+
+def _kind(mode):
+    for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode): return what
+    return "a special file"
+
+def _regular(st, limit):
+    "Raise `UnreadableFile` unless the `os.stat` result `st` is of a non-empty regular file of at most `limit` bytes."
+    if not stat.S_ISREG(st.st_mode): raise UnreadableFile(f"not a regular file ({_kind(st.st_mode)})")
+    if st.st_size == 0: raise UnreadableFile("empty file (its size says 0 bytes)")   # so is a /proc file that streams
+    if st.st_size > limit: raise UnreadableFile(_too_large(st.st_size, limit))
+
+def check_file(path, # a file; a symbolic link is followed
+               limit:int=None, # the most bytes accepted; default `MAX_BYTES`
+              )->int:
+    "The size of `path` if it is a regular file small enough to read, found without opening it; else `UnreadableFile`."
+    st = os.stat(path)                                 # follows symbolic links; a loop raises OSError (ELOOP)
+    _regular(st, MAX_BYTES if limit is None else limit)
+    return st.st_size
+
+def read_file(path, # a file; a symbolic link is followed
+              limit:int=None, # the most bytes accepted; default `MAX_BYTES`
+             )->bytes:
+    "The bytes of a regular file of at most `limit` bytes; else `UnreadableFile` (a device, a pipe, an endless file)."
+    limit = MAX_BYTES if limit is None else limit
+    check_file(path, limit)                            # never open what is not a regular file: a pipe would block
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    with open(os.open(path, flags), "rb") as f:        # non-blocking, in case it became a pipe since the check
+        st = os.fstat(f.fileno())
+        _regular(st, limit)
+        data = f.read(min(st.st_size, limit) + 1)      # one byte more than it says it holds, and never more than that
+    if len(data) > st.st_size:
+        why = f"holds more than the {_size(st.st_size)} its size says (a special file, or one being written)"
+        raise UnreadableFile(why)
+    return data
+
 class FolderReader:
-    "Reads files below `root`."
+    "Reads the regular files below `root`, each of at most `MAX_BYTES`."
     def __init__(self, root): self.root = Path(root)
     def keys(self):
         out = []
@@ -38,32 +84,53 @@ class FolderReader:
             rel = Path(d).relative_to(self.root)
             out += [(rel / f).as_posix() for f in sorted(files) if is_image_name(f)]
         return out
-    def read(self, key): return (self.root / key).read_bytes()
+    def check(self, key): return check_file(self.root / key)
+    def read(self, key): return read_file(self.root / key)
     def __repr__(self): return f"folder {self.root}"
 
+_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, tarfile.TarError, EOFError, RuntimeError, NotImplementedError)
+
 class ArchiveReader:
-    "Reads members of a `.zip` or `.tar` archive, opening it once per process."
+    "Reads members of a `.zip` or `.tar` archive, each of at most `MAX_BYTES`, opening it once per process."
     def __init__(self, path):
         self.path, self._pid, self._h, self._index = Path(path), None, None, None
     def _open(self):
         if self._pid != os.getpid():
-            if self.path.suffix == ".zip": self._h = zipfile.ZipFile(self.path)
-            else:
-                self._h = tarfile.open(self.path)
-                self._index = {m.name: m for m in self._h.getmembers() if m.isfile()}
+            try:
+                _regular(os.stat(self.path), float("inf"))   # never open a pipe or a device as an archive
+                if self.path.suffix.lower() == ".zip": self._h = zipfile.ZipFile(self.path)
+                else:
+                    self._h = tarfile.open(self.path)
+                    self._index = {m.name: m for m in self._h.getmembers() if m.isfile()}
+            except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+                why = f"{self.path} cannot be read as a .zip or .tar archive ({type(e).__name__}: {str(e)[:80]})"
+                raise LatteError(f"{why}: pass an intact one.") from None
             self._pid = os.getpid()
         return self._h
     def keys(self):
         h = self._open()
         names = [n for n in h.namelist() if not n.endswith("/")] if isinstance(h, zipfile.ZipFile) else list(self._index)
         return sorted(n for n in names if is_image_name(n) and not any(p.startswith(".") for p in n.split("/")))
-    def read(self, key):
+    def check(self, key):
+        "The declared size of member `key` when it is small enough to read; else `UnreadableFile`."
         h = self._open()
-        return h.read(key) if isinstance(h, zipfile.ZipFile) else h.extractfile(self._index[key]).read()
+        size = h.getinfo(key).file_size if isinstance(h, zipfile.ZipFile) else self._index[key].size
+        if size > MAX_BYTES: raise UnreadableFile(_too_large(size, MAX_BYTES))
+        return size
+    def read(self, key):
+        size = self.check(key)                          # before extracting anything: a zip bomb says how big it is
+        h = self._h
+        try:
+            with (h.open(key) if isinstance(h, zipfile.ZipFile) else h.extractfile(self._index[key])) as f:
+                data = f.read(size + 1)                 # never more than the declared size (+1 to catch a liar)
+        except _MEMBER_ERRORS as e:
+            raise UnreadableFile(f"a damaged archive member ({type(e).__name__}: {str(e)[:80]})") from None
+        if len(data) > size: raise UnreadableFile(f"holds more than the {_size(size)} the archive says")
+        return data
     def __getstate__(self): return {"path": self.path, "_pid": None, "_h": None, "_index": None}
     def __repr__(self): return f"archive {self.path}"
 
-# %% ../nbs/01_data.ipynb 7
+# %% ../nbs/01_data.ipynb 8
 def decode_image(data:bytes)->Image.Image:
     "Decode image bytes into an RGB PIL image."
     im = Image.open(io.BytesIO(data))
@@ -76,7 +143,7 @@ def decode_image(data:bytes)->Image.Image:
         return Image.fromarray(a).convert("RGB")
     return im.convert("RGB")
 
-# %% ../nbs/01_data.ipynb 9
+# %% ../nbs/01_data.ipynb 10
 def _blur(x, sigma):
     import torchvision.transforms.functional as TF
     k = 2 * int(np.ceil(3 * sigma)) + 1
@@ -152,7 +219,7 @@ SHIFTS = dict(gaussian_noise=gaussian_noise, shot_noise=shot_noise, impulse_nois
               jpeg=jpeg, grayscale=grayscale)
 _PIL_SHIFTS = {"jpeg", "pixelate"}
 
-# %% ../nbs/01_data.ipynb 11
+# %% ../nbs/01_data.ipynb 12
 @dataclass(frozen=True)
 class Shift:
     "A distribution shift: one of `SHIFTS` at a severity from 1 to 5."
@@ -180,7 +247,7 @@ def parse_shift(spec:str|None)->Shift|None:
     except ValueError: raise LatteError(f"Bad --shift '{spec}': write name:severity, e.g. fog:5.") from None
     return Shift(name.strip().lower().replace("-", "_"), sev)
 
-# %% ../nbs/01_data.ipynb 14
+# %% ../nbs/01_data.ipynb 15
 class ImageSet(torch.utils.data.Dataset):
     "Images with class names and (optional) labels; items are `(image, label, index)`, `label = -1` when unknown."
     def __init__(self, reader, keys:list, labels:list, classes:list, name:str,
@@ -222,7 +289,7 @@ class ImageSet(torch.utils.data.Dataset):
         sh = f", shift {self.shift}" if self.shift else ""
         return f"ImageSet({self.name}: {len(self)} images, {len(self.classes)} classes, {lab}{sh}, {len(self.skipped)} skipped)"
 
-# %% ../nbs/01_data.ipynb 16
+# %% ../nbs/01_data.ipynb 17
 MAX_PIXELS = 64_000_000
 
 def check_image(data:bytes)->str|None:
@@ -242,12 +309,16 @@ def check_image(data:bytes)->str|None:
 def _checked(reader, keys, verify=True):
     ok, skipped = [], []
     for k in (progress(keys, desc="checking images") if verify else keys):
-        try: why = check_image(reader.read(k)) if verify else None
+        why = None
+        try:
+            if verify: why = check_image(reader.read(k))
+            else: reader.check(k)                      # unverified: its kind and size only, nothing is read
+        except UnreadableFile as e: why = str(e)
         except OSError as e: why = f"cannot read ({e.strerror or e})"
         (skipped.append((k, why)) if why else ok.append(k))
     return ok, skipped
 
-# %% ../nbs/01_data.ipynb 17
+# %% ../nbs/01_data.ipynb 18
 def _norm(name): return name.strip().replace("_", " ").lower()
 
 def image_folder(root, # a folder or .zip/.tar with one sub-folder of images per class
@@ -289,25 +360,37 @@ def flat_folder(root, # a folder (or archive) of images, possibly nested; no lab
     ok, skipped = _checked(reader, reader.keys(), verify)
     return ImageSet(reader, ok, [-1] * len(ok), list(classes), name or root.stem, skipped)
 
-# %% ../nbs/01_data.ipynb 19
+# %% ../nbs/01_data.ipynb 20
 EMBEDDED = "cifar10-target"
 DEFAULT_SHIFT = "fog:5"  # the shift the demo uses on the embedded set (see the models notebook for why)
 
 def pack_archive(src, # a folder or archive laid out as `<split>/<class>/<image>`
-                 dst, # the .zip to write
-                ):
+                 dst, # the .zip to write; left as it was unless the new one is complete
+                )->Path:
     "Copy the images of `src` byte for byte into a stored (uncompressed) zip with fixed timestamps."
-    reader = ArchiveReader(src) if Path(src).is_file() else FolderReader(src)
-    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as z:
-        for k in progress(reader.keys(), desc="packing"):
-            z.writestr(zipfile.ZipInfo(k, date_time=(2020, 1, 1, 0, 0, 0)), reader.read(k))
-    return Path(dst)
+    src, dst = Path(src), Path(dst)
+    if not src.exists(): raise LatteError(f"Cannot pack {src}: it does not exist, so {dst} was left alone.")
+    reader = ArchiveReader(src) if src.is_file() else FolderReader(src)
+    keys = reader.keys()
+    if not keys: raise LatteError(f"Cannot pack {src}: it holds no images (.jpg, .png, ...), so {dst} was left alone.")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")   # renamed into place only when complete
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            for k in progress(keys, desc="packing"):
+                try: data = reader.read(k)
+                except OSError as e:
+                    raise LatteError(f"Cannot pack {k} of {src} ({e.strerror or e}): {dst} was left alone.") from None
+                z.writestr(zipfile.ZipInfo(k, date_time=(2020, 1, 1, 0, 0, 0)), data)
+        os.replace(tmp, dst)
+    finally: tmp.unlink(missing_ok=True)
+    return dst
 
 def embedded_target(verify:bool=False)->ImageSet:
     "The embedded CIFAR-10 target set: 5,000 labelled 32x32 images, 10 classes."
     return image_folder(asset("cifar10-target.zip"), verify=verify, name=EMBEDDED)
 
-# %% ../nbs/01_data.ipynb 23
+# %% ../nbs/01_data.ipynb 25
 TORCHVISION = {"cifar10": ("CIFAR10", dict(train=False)), "cifar100": ("CIFAR100", dict(train=False)),
                "eurosat": ("EuroSAT", {}), "dtd": ("DTD", dict(split="test")), "food101": ("Food101", dict(split="test")),
                "oxford_pets": ("OxfordIIITPet", dict(split="test")), "flowers102": ("Flowers102", dict(split="test"))}
@@ -329,7 +412,7 @@ def torchvision_set(name:str, root="~/.cache/latteclip/data", download:bool=Fals
     labels = [int(t) for t in getattr(ds, "targets", None) or getattr(ds, "_labels", None) or [ds[i][1] for i in range(len(ds))]]
     return ImageSet(TorchvisionReader(ds), [str(i) for i in range(len(ds))], labels, list(classes), name)
 
-# %% ../nbs/01_data.ipynb 25
+# %% ../nbs/01_data.ipynb 27
 def open_data(data:str=None, # folder, .zip/.tar, a torchvision name, or None for the embedded set
               classes:list|str=None, # class names (a list or "a,b,c"); needed for a flat folder
               shift:str|Shift=None, # e.g. "fog:5"; None: none
