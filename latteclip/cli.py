@@ -4,9 +4,9 @@
 
 # %% ../nbs/99_cli.ipynb 2
 from __future__ import annotations
-import argparse, os, sys, json, warnings
+import argparse, errno, os, shutil, sys, json, warnings
 from pathlib import Path
-from .core import LatteError, out_dir, write_json
+from .core import LatteError, out_dir, write_json, run_files, disk_full
 from . import __version__
 
 # %% auto 0
@@ -145,10 +145,11 @@ def _run(args):
     if args.method in ("zeroshot", "dac") and rank() > 0: return None          # launched in several processes: the first does it all
     if args.method == "zeroshot":
         from latteclip.zeroshot import run_zeroshot
-        m = run_zeroshot(args.data, args.classes, shift, args.model, args.pretrained, args.templates, out,
-                         args.batch_size or 256, args.device, args.download)
         from latteclip.report import write_report
-        write_report(out, m)
+        with run_files(out):                                                  # metrics.json ... report.md: all or none
+            m = run_zeroshot(args.data, args.classes, shift, args.model, args.pretrained, args.templates, out,
+                             args.batch_size or 256, args.device, args.download)
+            write_report(out, m)
     else:
         from latteclip.report import run_method, make_describer
         make_describer(args.describer, **_gen(args))
@@ -190,7 +191,10 @@ def _robustness(args):
     except ValueError: raise LatteError(f"--severities must be comma-separated integers, got {args.severities}.") from None
     rows = robustness(args.data, args.model, args.pretrained, sev, None, args.templates, args.batch_size or 256, args.device)
     md = rows_to_markdown(rows, ["shift", "severity", "top1", "per_class_mean"])
-    write_json(rows, out / "robustness.json"); (out / "robustness.md").write_text(md + "\n"); print(md)
+    with run_files(out) as f:
+        write_json(rows, out / "robustness.json")
+        f("robustness.md").write_text(md + "\n")
+    print(md)
 
 def _pretrain(args):
     from latteclip.pretrain import pretrain
@@ -208,6 +212,29 @@ def _pretrain_dino(args):
     if "weights" not in log: return
     print(f"DINO pre-training on {log['config']['n_train']} images for {len(log['epochs'])} epochs in {log['seconds']}s: held-out k-NN "
           f"{log['epochs'][-1]['knn_val_top1']}%, k-NN on the target set {log.get('knn_target_top1', 'n/a')}%, weights {log['weights']} ({log['weights_mb']} MB)")
+
+def _fullest(*paths)->Path:
+    "Of `paths` (None skipped), the one on the device with the least free space."
+    def free(p):
+        p = Path(p).expanduser().absolute()
+        while not p.exists() and p != p.parent: p = p.parent
+        try: return shutil.disk_usage(p).free
+        except OSError: return float("inf")
+    return min((Path(p) for p in paths if p), key=free)
+
+def _disk_full(e:BaseException, # the error, `disk_full(e)` true
+               args, # the parsed command line
+              )->str:
+    "The one sentence for a full disk or quota: which device, what to do and (for staged files) what was kept."
+    out = getattr(args, "out", None) or (f"runs/{args.method}" if args.command == "run" else None)
+    named = next((x for x in (e, e.__cause__) if getattr(x, "filename", None)), None)
+    caches = os.environ.get("LATTECLIP_CACHE", "~/.cache/latteclip")
+    where = (Path(named.filename).parent if named is not None else getattr(e, "latteclip_dir", None)
+             or _fullest(out, caches, getattr(args, "text_cache", None)))
+    what = "No space left" if disk_full(e) == errno.ENOSPC else "The disk quota is exceeded"
+    kept = getattr(e, "latteclip_kept", None) or f"the previous results in {out}"
+    tail = f"; {kept} were left as they were." if args.command in ("run", "compare", "robustness") else "."
+    return f"{what} on the device holding {where}: free some space and run again{tail}"
 
 def main(argv=None)->int:
     "Entry point of the `latteclip` command; returns the exit code."
@@ -245,6 +272,10 @@ def main(argv=None)->int:
         print(f"latteclip: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt as e:
         print(f"latteclip: interrupted{': ' + str(e) if str(e) else '.'}", file=sys.stderr); return 130
+    except Exception as e:                                                     # a full disk, anywhere in a command
+        if not disk_full(e): raise
+        print(f"latteclip: error: {_disk_full(e, args)}", file=sys.stderr)
+        return 2
     return 0
 
 def cli():

@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import os, sys, random, json, time, resource, hashlib, signal, threading
+import os, sys, random, json, time, resource, hashlib, signal, threading, errno, io, re, contextlib
 from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 # %% auto 0
-__all__ = ['ASSETS', 'LatteError', 'check_settings', 'Interrupted', 'StopRequest', 'seed_everything', 'generator', 'stable_hash',
-           'seed_from', 'progress', 'default_device', 'peak_rss_mb', 'reset_peak_rss', 'asset', 'out_dir', 'write_json']
+__all__ = ['ASSETS', 'DISK_FULL', 'LatteError', 'check_settings', 'Interrupted', 'StopRequest', 'seed_everything', 'generator',
+           'stable_hash', 'seed_from', 'progress', 'default_device', 'peak_rss_mb', 'reset_peak_rss', 'asset',
+           'out_dir', 'disk_full', 'fsync_path', 'torch_save', 'RunFiles', 'run_files', 'write_json']
 
 # %% ../nbs/00_core.ipynb 5
 class LatteError(Exception):
@@ -115,16 +116,133 @@ def asset(name:str, # file name inside `latteclip/assets`
 # %% ../nbs/00_core.ipynb 20
 def out_dir(path, # the folder to write results into
            )->Path:
-    "Create `path` and check it is writable, or raise a `LatteError` that says so."
+    "Create `path` and check it is writable, else raise a `LatteError` that says so (a full disk: its own `OSError`)."
     p = Path(path).expanduser()
+    probe = p / f".write-test-{os.getpid()}"
     try:
         p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write-test-{os.getpid()}"; probe.write_text("ok"); probe.unlink()
-    except OSError as e: raise LatteError(f"Cannot write to the output folder {p} ({e.strerror}): pass --out with a writable folder.") from None
+        probe.write_text("ok")
+    except OSError as e:
+        if disk_full(e): raise                                            # the CLI says which device is full
+        raise LatteError(f"Cannot write to the output folder {p} ({e.strerror}): pass --out with a writable folder."
+                         ) from None
+    finally:
+        try: probe.unlink(missing_ok=True)
+        except OSError: pass
     return p
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+def disk_full(e:BaseException, # an exception; the one it was raised `from` is looked at too
+             )->int:
+    "`errno.ENOSPC` or `errno.EDQUOT` when `e` says the disk or the quota is full, else 0."
+    for x in (e, getattr(e, "__cause__", None)):
+        if isinstance(x, OSError) and x.errno in DISK_FULL: return x.errno
+        code = re.search(r"\(os error (\d+)\)", str(x)) if x is not None else None   # safetensors (Rust) names
+        if code and int(code[1]) in DISK_FULL: return int(code[1])                   # the OS error in its message
+    return 0
+
+def fsync_path(path, # a file just written, or a folder whose entries just changed
+              ):
+    "Flush `path` to the disk (a full disk or an I/O error raises; a platform that cannot sync it is let be)."
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError as e:
+        if disk_full(e) or e.errno in (errno.EIO, errno.ENOENT): raise
+
+class _Writer(io.RawIOBase):
+    "A file object that remembers the `OSError` of a failed write (torch.save reports it as a RuntimeError)."
+    def __init__(self, fh): self.fh, self.error = fh, None
+    def writable(self): return True
+    def write(self, b):
+        try: return self.fh.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+def torch_save(obj, path, # what `torch.save` writes, and where
+              ):
+    "`torch.save(obj, path)` synced to the disk; a full disk raises its `OSError`, not torch's RuntimeError."
+    try:
+        with open(path, "wb") as fh:
+            w = _Writer(fh)
+            try: torch.save(obj, w)
+            except RuntimeError as e:
+                if w.error is None: raise
+                raise OSError(w.error.errno, w.error.strerror, str(path)) from e
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as e:
+        if e.filename is None: e.filename = str(path)
+        raise
+
+# %% ../nbs/00_core.ipynb 23
+class RunFiles:
+    "The files of one run: written under temporary names beside their final ones until `commit` renames them all."
+    def __init__(self, out:Path, # the run's folder (absolute)
+                 staged:dict=None, # final path -> temporary path; shared with the `RunFiles` this one joined
+                ):
+        self.out, self.staged = out, {} if staged is None else staged
+
+    def __call__(self, name:str, # a file name in `out` (or a path relative to it)
+                )->Path:
+        "The temporary path to write `out/name` to; the same one when asked again."
+        final = self.out / name
+        if final not in self.staged:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.staged[final] = final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")   # keeps the suffix
+        return self.staged[final]
+
+    def exists(self, name:str)->bool:
+        "Whether `out/name` is staged here or already on disk."
+        return self.out / name in self.staged or (self.out / name).exists()
+
+    def commit(self):
+        "Sync every staged file to the disk, then rename each into place, `metrics.json` last (new: the rest is too)."
+        items = sorted(self.staged.items(), key=lambda kv: kv[0].name == "metrics.json")
+        for _, tmp in items: fsync_path(tmp)                              # a full disk fails here, before any rename
+        for final, tmp in items:
+            os.replace(tmp, final)
+            del self.staged[final]
+        for d in {final.parent for final, _ in items}: fsync_path(d)
+
+    def discard(self):
+        "Delete every staged temporary file."
+        for tmp in self.staged.values():
+            try: tmp.unlink(missing_ok=True)
+            except OSError: pass
+        self.staged.clear()
+
+_stages = threading.local()
+
+@contextlib.contextmanager
+def run_files(out, # the run's folder
+              kept:str=None, # what a full disk's message says was kept (default: "the previous results in <out>")
+             ):
+    """Stage the files of a run: yields a `RunFiles` that hands out temporary paths; a clean exit renames them all into
+    place, an error deletes them and leaves the old files whole. Inside a `run_files` of the same folder or one above
+    it, this one joins it, and the outer one commits."""
+    out = Path(out).expanduser()
+    key = Path(os.path.abspath(out))
+    stack = _stages.__dict__.setdefault("stack", [])
+    outer = next((s for s in reversed(stack) if key.is_relative_to(s.out)), None)
+    rf = RunFiles(key, outer.staged if outer is not None else None)
+    stack.append(rf)
+    try:
+        yield rf
+        if outer is None: rf.commit()
+    except BaseException as e:
+        if outer is None:
+            rf.discard()
+            if disk_full(e) and not hasattr(e, "latteclip_kept"):       # for the CLI's one sentence
+                e.latteclip_kept, e.latteclip_dir = kept or f"the previous results in {out}", str(out)
+        raise
+    finally: stack.remove(rf)
+
 def write_json(obj, path):
-    "Write `obj` as indented JSON to `path` atomically."
-    path = Path(path); tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n"); os.replace(tmp, path)
+    "Write `obj` as indented JSON to `path` atomically; inside a `run_files` of its folder it is staged with the run."
+    path = Path(path)
+    with run_files(path.parent) as f: f(path.name).write_text(json.dumps(obj, indent=2, default=float) + "\n")
     return path

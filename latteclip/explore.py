@@ -27,8 +27,13 @@ def final_mixer_weights(clip, texts, y:torch.Tensor, # (N,) zero-shot pseudo-lab
     G = torch.stack([gc[y], gi, gg[y]], 1)                                        # (N, 3, D)
     return text_weights(G, P.float().cpu()).numpy()
 
-def write_explore(out, ds, y_zs, texts, weights=None, preds_by_epoch=None, data=None):
-    "Write `out/explore.json` for `explore`."
+def write_explore(out, ds, # the run's folder and its `ImageSet`
+                  y_zs, texts, # the zero-shot pseudo-labels `(N,)` and the run's `Texts` (or None)
+                  weights=None, # the final mixer weights `(N, 3)`, see `final_mixer_weights`
+                  preds_by_epoch=None, # the predicted classes after each epoch
+                  data=None, # the run's `--data`, so that `explore` can open the images again
+                 ):
+    "Write `out/explore.json` for `explore` (atomically; inside the run's `run_files`, with the run's other files)."
     rec = dict(classes=list(ds.classes), keys=list(ds.keys), labels=list(map(int, ds.labels)) if ds.has_labels else None,
                y_zs=[int(v) for v in y_zs], image_texts=list(texts.image_texts) if texts is not None else None,
                weights=np.round(weights, 4).tolist() if weights is not None else None, kinds=list(KINDS),

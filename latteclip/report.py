@@ -9,7 +9,8 @@ from dataclasses import replace, asdict
 from pathlib import Path
 import numpy as np
 import torch
-from .core import LatteError, out_dir, write_json, seed_everything, progress, reset_peak_rss, default_device
+from .core import (LatteError, out_dir, write_json, run_files, seed_everything, progress, reset_peak_rss,
+                            default_device)
 from .data import open_data
 from .models import load_clip, encode_images, templates_for, TEMPLATE
 from .pseudolabels import pseudo_labels, cache_dir
@@ -97,16 +98,23 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     if dist is not None: dist.check_batch(min(cfg.batch_size, len(ds)))      # several processes: an even split, checked before any work
     clip = load_clip(model, pretrained, device)
     if method == "zeroshot":
-        m = write_run(out, "zeroshot", ds, clip, zeroshot(clip, ds, None), time.time() - t0, templates=[TEMPLATE], seed=seed)
-        write_report(out, m); return m
+        logits = zeroshot(clip, ds, None)
+        with run_files(out):                                                  # the run's files: all of them or none
+            m = write_run(out, "zeroshot", ds, clip, logits, time.time() - t0, templates=[TEMPLATE], seed=seed)
+            write_report(out, m)
+        return m
     if method == "dac":                                                       # few-shot: the one method that reads labels
         from latteclip.dac import run_dac, DACConfig
         dc = DACConfig(shots=shots, seed=seed); r = run_dac(clip, ds, dc, shots_clean=shots_clean)
         test = ds.subset(r["rest"]); sc = lambda lg: scores(lg.argmax(1).numpy(), test.labels, len(ds.classes))
-        m = write_run(out, "dac", test, clip, r["logits"], time.time() - t0, zeroshot_top1=sc(r["zeroshot"])["top1"],
-                      tip_adapter_top1=sc(r["tip_adapter"])["top1"], shots=shots, shots_clean=shots_clean,
-                      shot_files=[ds.keys[i] for i in r["shot"]], seed=seed, config=asdict(dc), history=dict(loss=r["losses"]))
-        write_report(out, m); return m
+        with run_files(out):
+            m = write_run(out, "dac", test, clip, r["logits"], time.time() - t0,
+                          zeroshot_top1=sc(r["zeroshot"])["top1"], tip_adapter_top1=sc(r["tip_adapter"])["top1"],
+                          shots=shots, shots_clean=shots_clean,
+                          shot_files=[ds.keys[i] for i in r["shot"]], seed=seed, config=asdict(dc),
+                          history=dict(loss=r["losses"]))
+            write_report(out, m)
+        return m
     if method.startswith("ueo"):                                              # label-free, open set
         return _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume, dist)
     if method == "nola": return _run_nola(clip, ds, cfg, out, t0, resume, cache, gen, dist)
@@ -133,7 +141,7 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
     primary = logits.get(classifier, logits["text"])
     from latteclip.explore import write_explore, final_mixer_weights
     spec = str(Path(data).expanduser().resolve()) if data and Path(str(data)).expanduser().exists() else data
-    write_explore(out, ds, pl.labels, texts, final_mixer_weights(clip, texts, pl.labels, P.P) if P is not None else None, preds, spec)
+    weights = final_mixer_weights(clip, texts, pl.labels, P.P) if P is not None else None
     extra = dict(zeroshot_top1=zs["top1"], zeroshot_per_class_mean=zs["per_class_mean"],
                  top1_text=scores(logits["text"].argmax(1).numpy(), ds.labels, len(ds.classes))["top1"],
                  top1_prototypes=scores(logits["prototypes"].argmax(1).numpy(), ds.labels, len(ds.classes))["top1"] if "prototypes" in logits else None,
@@ -141,8 +149,10 @@ def run_method(method:str="latteclip", data=None, classes=None, shift=None, mode
                  text_calls=getattr(texts, "calls", 0), seed=seed,
                  config={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                  history=dict(loss=hist.loss, seconds=hist.seconds, agreement=hist.agreement, eval=hist.eval))
-    m = write_run(out, method, ds, clip, primary, time.time() - t0, **extra)
-    write_report(out, m, hist)
+    with run_files(out):                                                      # explore.json, metrics.json...: together
+        write_explore(out, ds, pl.labels, texts, weights, preds, spec)
+        m = write_run(out, method, ds, clip, primary, time.time() - t0, **extra)
+        write_report(out, m, hist)
     return m
 
 # %% ../nbs/16_report.ipynb 10
@@ -157,18 +167,24 @@ def _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume=False, dist=N
         test = ds.subset(keep)._copy(classes=names, labels=r["known_labels"][keep].tolist())
     else: keep, test = list(range(len(ds))), ds._copy(classes=names)
     h = r["history"]
-    m = write_run(out, method, test, clip, r["logits_after"][keep], time.time() - t0,
-                  auroc=r.get("ueo_auroc"), zeroshot_top1=r.get("zeroshot_top1"), zeroshot_per_class_mean=r.get("zeroshot_per_class_mean"),
-                  zeroshot_auroc=r.get("zeroshot_auroc"), known_classes=names, n_unlabeled=len(ds),
-                  n_unknown_images=int((~r["is_known"]).sum()) if "is_known" in r else None, seed=cfg.seed,
-                  weight_scale=cfg.weight_scale if cfg.weight_scale is not None else clip.logit_scale,
-                  config=asdict(cfg), history=dict(loss=h.loss, sharpen=h.sharpen, marginal=h.marginal, seconds=h.seconds))
     prob = r["logits_after"].float().softmax(-1); msp, pred = prob.max(-1)
-    with open(Path(out) / "open_set.csv", "w", newline="") as fh:
-        w = csv.writer(fh); w.writerow(["path", "prediction", "max_softmax"] + (["known_class"] if "is_known" in r else []))
-        for i in range(len(ds)):
-            w.writerow([ds.keys[i], names[pred[i]], f"{msp[i]:.4f}"] + ([int(r["is_known"][i])] if "is_known" in r else []))
-    write_report(out, m); return m
+    known = "is_known" in r
+    with run_files(out) as f:                                                 # the run's files: all of them or none
+        m = write_run(out, method, test, clip, r["logits_after"][keep], time.time() - t0,
+                      auroc=r.get("ueo_auroc"), zeroshot_top1=r.get("zeroshot_top1"),
+                      zeroshot_per_class_mean=r.get("zeroshot_per_class_mean"),
+                      zeroshot_auroc=r.get("zeroshot_auroc"), known_classes=names, n_unlabeled=len(ds),
+                      n_unknown_images=int((~r["is_known"]).sum()) if known else None, seed=cfg.seed,
+                      weight_scale=cfg.weight_scale if cfg.weight_scale is not None else clip.logit_scale,
+                      config=asdict(cfg),
+                      history=dict(loss=h.loss, sharpen=h.sharpen, marginal=h.marginal, seconds=h.seconds))
+        with open(f("open_set.csv"), "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "prediction", "max_softmax"] + (["known_class"] if known else []))
+            for i in range(len(ds)):
+                w.writerow([ds.keys[i], names[pred[i]], f"{msp[i]:.4f}"] + ([int(r["is_known"][i])] if known else []))
+        write_report(out, m)
+    return m
 
 # %% ../nbs/16_report.ipynb 13
 def _run_nola(clip, ds, cfg, out, t0, resume=False, cache=None, gen=None, dist=None):
@@ -177,23 +193,34 @@ def _run_nola(clip, ds, cfg, out, t0, resume=False, cache=None, gen=None, dist=N
     r = run_nola(clip, ds, cfg, out=Path(out) / "checkpoints", resume=resume, cache=cache, gen=gen, dist=dist)
     if r is None: return None                                                 # not the first of several processes
     h = r["history"]
-    m = write_run(out, "nola", ds, clip, r["logits_after"], time.time() - t0,
-                  zeroshot_top1=r.get("zeroshot_top1"), descriptor_top1=r.get("descriptor_top1"), topk_top1=r.get("topk_top1"),
-                  head_top1=r.get("head_top1"), descriptor_per_class=r.get("descriptor_per_class"), head_per_class=r.get("head_per_class"),
-                  top_k=r["top_k"], ssl=r["ssl"], n_prompts=cfg.n_prompts, seed=cfg.seed,
-                  config=asdict(cfg), history=asdict(h))
     text, head = r["logits_before"].argmax(1), r["head_probs"].argmax(1); conf = set(r["topk_idx"].tolist())
-    with open(Path(out) / "pseudo_labels.csv", "w", newline="") as fh:
-        w = csv.writer(fh); w.writerow(["path", "descriptor_label", "in_confident_set", "dino_label", "nola_prediction"])
-        pred = r["logits_after"].argmax(1)
-        for i in range(len(ds)): w.writerow([ds.keys[i], ds.classes[text[i]], int(i in conf), ds.classes[head[i]], ds.classes[pred[i]]])
-    write_report(out, m); return m
+    pred = r["logits_after"].argmax(1)
+    with run_files(out) as f:                                                 # the run's files: all of them or none
+        m = write_run(out, "nola", ds, clip, r["logits_after"], time.time() - t0,
+                      zeroshot_top1=r.get("zeroshot_top1"), descriptor_top1=r.get("descriptor_top1"),
+                      topk_top1=r.get("topk_top1"), head_top1=r.get("head_top1"),
+                      descriptor_per_class=r.get("descriptor_per_class"), head_per_class=r.get("head_per_class"),
+                      top_k=r["top_k"], ssl=r["ssl"], n_prompts=cfg.n_prompts, seed=cfg.seed,
+                      config=asdict(cfg), history=asdict(h))
+        with open(f("pseudo_labels.csv"), "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "descriptor_label", "in_confident_set", "dino_label", "nola_prediction"])
+            for i in range(len(ds)):
+                w.writerow([ds.keys[i], ds.classes[text[i]], int(i in conf), ds.classes[head[i]], ds.classes[pred[i]]])
+        write_report(out, m)
+    return m
 
 # %% ../nbs/16_report.ipynb 14
-def write_report(out, m:dict, hist=None):
-    "Write `report.md` (and `curves.png`) for a finished run."
+def write_report(out, # the run's folder
+                 m:dict, hist=None, # the run's metrics and, for a training run, its `History`
+                ):
+    "Write `report.md` (and `curves.png`) for a finished run, both or neither."
+    with run_files(out) as f: _write_report(f, m, hist)
+
+def _write_report(f, m:dict, hist=None):
+    "The body of `write_report`: its files are written to the paths the `RunFiles` `f` hands out."
     import matplotlib.pyplot as plt
-    out = Path(out); lines = [f"# {m['method']} on {m['dataset']}" + (f" ({m['shift']})" if m.get("shift") else ""), ""]
+    lines = [f"# {m['method']} on {m['dataset']}" + (f" ({m['shift']})" if m.get("shift") else ""), ""]
     rows = [dict(metric=k, value=m.get(k)) for k in ["top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "tip_adapter_top1", "shots", "descriptor_top1", "topk_top1", "head_top1",
                                                      "auroc", "zeroshot_auroc",
                                                      "n_images", "n_classes", "seconds", "peak_rss_mb"] if k in m]
@@ -205,12 +232,12 @@ def write_report(out, m:dict, hist=None):
             for k in hist.eval[0]: axs[1].plot(ep, [e[k] for e in hist.eval], marker="o", label=f"{k} classifier")
             if m.get("zeroshot_top1") is not None: axs[1].axhline(m["zeroshot_top1"], color="gray", ls="--", label="zero-shot")
             axs[1].set_xlabel("epoch"); axs[1].set_ylabel("top-1 (%)"); axs[1].legend(fontsize=7)
-        fig.tight_layout(); fig.savefig(out / "curves.png", dpi=90); plt.close(fig)
+        fig.tight_layout(); fig.savefig(f("curves.png"), dpi=90); plt.close(fig)
         lines += ["![curves](curves.png)", ""]
-    if (out / "confusion.png").exists(): lines += ["![confusion matrix](confusion.png)", ""]
+    if f.exists("confusion.png"): lines += ["![confusion matrix](confusion.png)", ""]
     if m.get("skipped"):
         lines += [f"## Skipped files ({len(m['skipped'])})", ""] + [f"- `{s['path']}`: {s['reason']}" for s in m["skipped"]] + [""]
-    (out / "report.md").write_text("\n".join(lines))
+    f("report.md").write_text("\n".join(lines))
 
 # %% ../nbs/16_report.ipynb 16
 TABLE_COLS = ["method", "top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "n_images", "seconds"]
@@ -227,7 +254,7 @@ def _finished(path, ds, shift, kw)->dict|None:
 def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
             reuse:bool=False, # keep a method's finished run in `out/<method>/` (same data, shift, model and seed) instead of running it again
             **kw)->list:
-    "Run each method on the same data into `out/<method>/`; write `table.md` and `table.json`; return the rows."
+    "Run each method on the same data into `out/<method>/`; write `table.md`, `.json` and `.png`; return the rows."
     named = {"all": ALL, "ablation": ABLATION}
     if isinstance(methods, str): methods = named.get(methods.strip()) or [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(methods)
@@ -235,16 +262,18 @@ def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
     if bad: raise LatteError(f"Unknown method(s) {', '.join(bad)}: choose from {', '.join(METHODS)}.")
     out = out_dir(out); ds = open_data(data, classes, shift, download=kw.pop("download", False))
     rows = []
-    for m in methods:
-        r = _finished(out / m, ds, shift, kw) if reuse else None
-        if r is not None: print(f"{m}: reusing the finished run in {out / m}")
-        else: r = run_method(m, data=data, classes=classes, shift=shift, out=out / m, ds=ds, **kw)
-        if r is None or rank() > 0: continue                                 # launched in several processes: the first writes
-        rows.append({k: r.get(k) for k in ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean",
-                                           "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "seconds", "peak_rss_mb", "skipped"]})
-        write_json(rows, out / "table.json")
-        (out / "table.md").write_text(rows_to_markdown(rows, TABLE_COLS) + "\n")
-        plot_table(rows, out / "table.png")
+    cols = ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean", "zeroshot_top1",
+            "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "seconds", "peak_rss_mb", "skipped"]
+    for m in methods:                            # one staged set each: a method's run and the table with its row
+        with run_files(out, f"the previous results in {out / m} and the table in {out}") as f:
+            r = _finished(out / m, ds, shift, kw) if reuse else None
+            if r is not None: print(f"{m}: reusing the finished run in {out / m}")
+            else: r = run_method(m, data=data, classes=classes, shift=shift, out=out / m, ds=ds, **kw)
+            if r is None or rank() > 0: continue                      # launched in several processes: the first writes
+            rows.append({k: r.get(k) for k in cols})
+            write_json(rows, out / "table.json")
+            f("table.md").write_text(rows_to_markdown(rows, TABLE_COLS) + "\n")
+            plot_table(rows, f("table.png"))
     return rows
 
 def plot_table(rows:list, path=None):

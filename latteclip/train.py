@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
-from .core import LatteError, Interrupted, StopRequest, check_settings, progress, seed_everything, generator, out_dir, write_json
+from .core import (LatteError, Interrupted, StopRequest, check_settings, progress, seed_everything, generator,
+                            out_dir, write_json, fsync_path, torch_save)
 from .models import encode_images, encode_texts, encode_tokens
 from .pretrain import load_pixels, augment, _normalizer, _param_groups
 from .prototypes import Prototypes
@@ -131,16 +132,25 @@ class LossStep(torch.nn.Module):
 
 # %% ../nbs/15_train.ipynb 13
 def _save(out, model, extra:dict, opt, sched, hist, epoch:int, step:int=0, g=None, partial:dict=None):
-    "Write the weights (and the `extra` tensors), then the optimiser state, each to a temporary file renamed into place; both carry `epoch:step`."
+    """Write the weights (and the `extra` tensors), then the optimiser state, each to a temporary file synced to the
+    disk, then rename both into place; both carry `epoch:step`. If either cannot be written (a full disk), both
+    temporaries are deleted and the previous checkpoint stays whole."""
     tag = f"{epoch}:{step}"
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     sd.update({k: v.detach().contiguous() for k, v in extra.items()})
-    save_file(sd, str(out / "checkpoint.safetensors.tmp"), metadata={"tag": tag})
-    torch.save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch, step=step, tag=tag,
-                    g=g.get_state() if g is not None else None, partial=partial or {},
-                    hist={k: v for k, v in asdict(hist).items()}), out / "state.pt.tmp")
-    os.replace(out / "checkpoint.safetensors.tmp", out / "checkpoint.safetensors")   # a kill between the two renames
-    os.replace(out / "state.pt.tmp", out / "state.pt")                               # leaves a complete state.pt.tmp
+    ck, st = out / "checkpoint.safetensors.tmp", out / "state.pt.tmp"
+    try:
+        save_file(sd, str(ck), metadata={"tag": tag})
+        fsync_path(ck)
+        torch_save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch, step=step, tag=tag,
+                        g=g.get_state() if g is not None else None, partial=partial or {},
+                        hist={k: v for k, v in asdict(hist).items()}), st)
+    except BaseException:
+        for t in (ck, st): t.unlink(missing_ok=True)
+        raise
+    os.replace(ck, out / "checkpoint.safetensors")                                   # a kill between the two renames
+    os.replace(st, out / "state.pt")                                                 # leaves a complete state.pt.tmp
+    fsync_path(out)
 
 def _load_state(out:Path)->tuple:
     "The weights and the matching optimiser state of the last complete checkpoint in `out`."

@@ -8,7 +8,7 @@ import csv, time
 from pathlib import Path
 import numpy as np
 import torch
-from .core import LatteError, out_dir, write_json, peak_rss_mb, reset_peak_rss, progress
+from .core import LatteError, out_dir, write_json, run_files, peak_rss_mb, reset_peak_rss, progress
 from .data import open_data, parse_shift, SHIFTS, Shift
 from .models import load_clip, encode_images, zeroshot_classifier, zeroshot_logits, templates_for
 
@@ -50,7 +50,7 @@ def write_run(out, # output folder
               method:str, ds, clip, # method name, the `ImageSet`, the `Clip`
               logits:torch.Tensor, # (N, K) final logits
               seconds:float, **extra)->dict:
-    "Write metrics.json, predictions.csv and the confusion plot of a finished run; return the metrics."
+    "Write metrics.json, predictions.csv and the confusion plot of a finished run (all or none); return the metrics."
     out = out_dir(out)
     prob = logits.float().softmax(-1); conf, pred = prob.max(-1)
     m = dict(method=method, dataset=ds.name, shift=str(ds.shift) if ds.shift else None,
@@ -58,18 +58,26 @@ def write_run(out, # output folder
              n_images=len(ds), n_classes=len(ds.classes), **scores(pred.numpy(), ds.labels, len(ds.classes)),
              seconds=round(seconds, 2), peak_rss_mb=peak_rss_mb(),
              skipped=[dict(path=k, reason=r) for k, r in ds.skipped], **extra)
-    with open(out / "predictions.csv", "w", newline="") as fh:
-        w = csv.writer(fh); w.writerow(["path", "prediction", "confidence"] + (["label"] if ds.has_labels else []))
-        for i in range(len(ds)):
-            w.writerow([ds.keys[i], ds.classes[pred[i]], f"{conf[i]:.4f}"] + ([ds.classes[ds.labels[i]]] if ds.has_labels else []))
     title = f"{method} on {ds.name}" + (f" ({ds.shift})" if ds.shift else "")
-    if ds.has_labels: plot_confusion(pred.numpy(), ds.labels, ds.classes, f"{title}: top-1 {m['top1']}%", out / "confusion.png")
-    else:
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 3)); ax.bar(ds.classes, np.bincount(pred.numpy(), minlength=len(ds.classes)))
-        ax.set_title(f"{title}: predicted classes", fontsize=9); ax.tick_params(axis="x", rotation=90); fig.tight_layout()
-        fig.savefig(out / "predictions.png", dpi=90); plt.close(fig)
-    write_json(m, out / "metrics.json")
+    with run_files(out) as f:                                  # staged: the old run's files stay until all are written
+        with open(f("predictions.csv"), "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "prediction", "confidence"] + (["label"] if ds.has_labels else []))
+            for i in range(len(ds)):
+                label = [ds.classes[ds.labels[i]]] if ds.has_labels else []
+                w.writerow([ds.keys[i], ds.classes[pred[i]], f"{conf[i]:.4f}"] + label)
+        if ds.has_labels:
+            plot_confusion(pred.numpy(), ds.labels, ds.classes, f"{title}: top-1 {m['top1']}%", f("confusion.png"))
+        else:
+            import matplotlib.pyplot as plt
+            fig, ax = plt.subplots(figsize=(6, 3))
+            ax.bar(ds.classes, np.bincount(pred.numpy(), minlength=len(ds.classes)))
+            ax.set_title(f"{title}: predicted classes", fontsize=9)
+            ax.tick_params(axis="x", rotation=90)
+            fig.tight_layout()
+            fig.savefig(f("predictions.png"), dpi=90)
+            plt.close(fig)
+        write_json(m, out / "metrics.json")
     return m
 
 # %% ../nbs/05_zeroshot.ipynb 12
