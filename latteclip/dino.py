@@ -10,7 +10,7 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from .core import (LatteError, progress, seed_everything, generator, default_device, out_dir, write_json,
-                            peak_rss_mb, asset, ASSETS, StopRequest, Interrupted)
+                            peak_rss_mb, asset, ASSETS, StopRequest, Interrupted, torch_save)
 from .data import open_data
 
 # %% auto 0
@@ -248,14 +248,15 @@ def pretrain_dino(data:str, # folder or .tar/.zip of the unlabeled pre-training 
         print(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}, held-out k-NN {val:.1f}%, {time.time() - t0:.0f}s", flush=True)
         w = {f"s.{k}": v for k, v in student.state_dict().items()} | {f"t.{k}": v for k, v in teacher.state_dict().items()}
         save_file({k: v.contiguous() for k, v in w.items()}, str(ck) + ".tmp"); os.replace(str(ck) + ".tmp", ck)
-        torch.save(dict(opt=opt.state_dict(), center=center.cpu(), epoch=epoch + 1), str(st) + ".tmp"); os.replace(str(st) + ".tmp", st)
+        torch_save(dict(opt=opt.state_dict(), center=center.cpu(), epoch=epoch + 1), str(st) + ".tmp"); os.replace(str(st) + ".tmp", st)
         write_json(log, out / "dino.json")
         if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
             print(f"stopped after epoch {epoch + 1}: continue with resume=True (--resume)"); return log
     log["seconds"] = round(sum(e["seconds"] for e in log["epochs"]), 1); log["peak_rss_mb"] = peak_rss_mb()
     final = out / f"{DINO_TINY}.safetensors"
-    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in teacher[0].state_dict().items()}, str(final),
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in teacher[0].state_dict().items()}, str(final) + ".tmp",
               metadata={"model": DINO_TINY, "epochs": str(epochs), "seed": str(seed), "method": "DINO"})
+    os.replace(str(final) + ".tmp", final)                     # a full disk leaves no half weights file
     log["weights"], log["weights_mb"] = str(final), round(final.stat().st_size / 2**20, 2)
     if target is not None: log.update(knn_report(load_ssl(DINO_TINY, weights=str(final), device=device), data, target, per_class))
     write_json(log, out / "dino.json")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
-from .core import LatteError, progress, seed_everything, generator, default_device, out_dir, write_json, peak_rss_mb
+from .core import LatteError, progress, seed_everything, generator, default_device, out_dir, write_json, peak_rss_mb, torch_save
 from .data import open_data
 from .attributes import measure, words, caption
 from .models import TINY, TINY_CFG, load_clip, zeroshot_classifier, TEMPLATE
@@ -150,14 +150,15 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
                                   seconds=round(time.time() - t0, 1), lr=sched.get_last_lr()[0]))
         print(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}, held-out zero-shot {val:.1f}%, {time.time() - t0:.0f}s", flush=True)
         save_file(model.state_dict(), str(ck) + ".tmp"); os.replace(str(ck) + ".tmp", ck)
-        torch.save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch + 1), str(st) + ".tmp"); os.replace(str(st) + ".tmp", st)
+        torch_save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch + 1), str(st) + ".tmp"); os.replace(str(st) + ".tmp", st)
         write_json(log, out / "pretrain.json")
         if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
             print(f"stopped after epoch {epoch + 1}: continue with resume=True (--resume)"); return log
     log["seconds"] = round(sum(e["seconds"] for e in log["epochs"]), 1); log["peak_rss_mb"] = peak_rss_mb()
     final = out / f"{TINY}.safetensors"
-    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}, str(final),
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}, str(final) + ".tmp",
               metadata={"model": TINY, "epochs": str(epochs), "seed": str(seed)})
+    os.replace(str(final) + ".tmp", final)                     # a full disk leaves no half weights file
     log["weights"], log["weights_mb"] = str(final), round(final.stat().st_size / 2**20, 2)
     write_json(log, out / "pretrain.json")
     return log

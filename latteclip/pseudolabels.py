@@ -43,9 +43,19 @@ def pseudo_labels(clip, ds, template:str=TEMPLATE, cache:bool=True)->PseudoLabel
     "Zero-shot top-1 pseudo-labels of every image in `ds` with the frozen `clip`; cached on disk."
     path = cache_dir("pseudolabels") / f"{stable_hash(model_id(clip), data_id(ds), template)}.safetensors"
     if cache and path.exists():
-        d = load_file(path); return PseudoLabels(d["labels"], d["confidence"], d["logits"])
+        try:
+            d = load_file(path)
+            return PseudoLabels(d["labels"], d["confidence"], d["logits"])
+        except Exception:                                   # a damaged cache file (a kill mid-write): computed again
+            pass
     W = zeroshot_classifier(clip, ds.classes, [template])                               # (K, D)
     logits = zeroshot_logits(encode_images(clip, ds, desc="pseudo-labels"), W, clip.logit_scale)  # (N, K)
     conf, labels = logits.softmax(-1).max(-1)
-    if cache: save_file(dict(labels=labels.contiguous(), confidence=conf.contiguous(), logits=logits.contiguous()), str(path))
+    if cache:                                               # a temporary name, renamed: never a half-written cache
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            save_file(dict(labels=labels.contiguous(), confidence=conf.contiguous(), logits=logits.contiguous()), str(tmp))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists(): tmp.unlink()
     return PseudoLabels(labels, conf, logits)

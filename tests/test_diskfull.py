@@ -3,7 +3,7 @@
 and no temporary file is left behind, whether nothing fits, a little fits, or all but the last page fits."""
 import errno, hashlib, os, shutil, subprocess
 from pathlib import Path
-import pytest
+import pytest, torch
 from conftest import latteclip
 
 LC = ("--method", "latteclip", "--epochs", "1", "--batch-size", "16", "--precision", "fp32")
@@ -177,3 +177,17 @@ def test_compare_on_a_full_disk_keeps_the_previous_compare(small_tree, tmpfs, en
     assert f"the previous results in {kept} were left" in r.stderr     # nothing fits: not even out_dir's probe
     assert snapshot(mnt / "c") == before
     assert free(mnt) == left
+
+
+def test_a_torn_pseudo_label_cache_is_computed_again(tmp_path, monkeypatch, embedded):
+    "A cache file cut short (a kill or a full disk mid-write, before writes were atomic) is recomputed, not a traceback."
+    from latteclip.models import load_clip
+    from latteclip.pseudolabels import pseudo_labels
+    monkeypatch.setenv("LATTECLIP_CACHE", str(tmp_path / "cache"))
+    clip, ds = load_clip(device="cpu"), embedded.subset(range(0, 5000, 250))
+    first = pseudo_labels(clip, ds)
+    (f,) = (tmp_path / "cache" / "pseudolabels").glob("*.safetensors")
+    assert not [p for p in f.parent.iterdir() if p.name.startswith(".")]          # no temporary left beside it
+    f.write_bytes(f.read_bytes()[:100])                                          # torn
+    again = pseudo_labels(clip, ds)
+    assert torch.equal(again.labels, first.labels) and f.stat().st_size > 100    # recomputed and rewritten whole
