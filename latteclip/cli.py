@@ -106,6 +106,7 @@ def parser()->argparse.ArgumentParser:
     b = sub.add_parser("robustness", help="zero-shot top-1 on clean data and under every shift")
     _data_args(b); _model_args(b)
     b.add_argument("--severities", default="3,5", help="comma-separated severities (default 3,5)")
+    b.add_argument("--per-class", type=int, default=None, help="score at most this many images of each class (a quick table)")
     b.add_argument("--out", default="runs/robustness", help="output folder for robustness.md/.json")
     t = sub.add_parser("pretrain", help="pre-train the tiny offline CLIP (reproduces the shipped checkpoint)")
     t.add_argument("--data", required=True, help="folder or .tar/.zip with one sub-folder per class (the pre-training images)")
@@ -189,7 +190,8 @@ def _robustness(args):
     out = out_dir(args.out)
     try: sev = tuple(int(s) for s in args.severities.split(","))
     except ValueError: raise LatteError(f"--severities must be comma-separated integers, got {args.severities}.") from None
-    rows = robustness(args.data, args.model, args.pretrained, sev, None, args.templates, args.batch_size or 256, args.device)
+    rows = robustness(args.data, args.model, args.pretrained, sev, None, args.templates, args.batch_size or 256, args.device,
+                      per_class=args.per_class)
     md = rows_to_markdown(rows, ["shift", "severity", "top1", "per_class_mean"])
     with run_files(out) as f:
         write_json(rows, out / "robustness.json")

@@ -92,10 +92,17 @@ def run_zeroshot(data=None, classes=None, shift=None, model:str="latteclip-tiny"
 
 # %% ../nbs/05_zeroshot.ipynb 16
 def robustness(data=None, model:str="latteclip-tiny", pretrained:str=None, severities=(3, 5),
-               shifts=None, templates=None, batch_size:int=256, device=None)->list:
+               shifts=None, templates=None, batch_size:int=256, device=None,
+               per_class:int=None, # score at most the first `per_class` images of each class (a quick table)
+              )->list:
     "Rows `dict(shift, severity, top1, per_class_mean)` of zero-shot accuracy, clean first."
-    clip = load_clip(model, pretrained, device); base = open_data(data, verify=False)
+    if per_class is not None and per_class < 1: raise LatteError(f"--per-class must be at least 1, got {per_class}.")
+    clip = load_clip(model, pretrained, device)
+    base = open_data(data, verify=False)
     if not base.has_labels: raise LatteError("The robustness table needs labelled data (a folder with class sub-folders).")
+    if per_class:
+        labels = np.asarray(base.labels)
+        base = base.subset(sorted(i for k in range(len(base.classes)) for i in np.flatnonzero(labels == k)[:per_class]))
     W = zeroshot_classifier(clip, base.classes, templates)
     def top(ds):
         return scores((encode_images(clip, ds, batch_size, desc=str(ds.shift or "clean")) @ W.T).argmax(1).numpy(), ds.labels, len(ds.classes))

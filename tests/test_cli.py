@@ -85,3 +85,13 @@ def test_pretrain_and_resume(small_tree, tmp_path):
 def test_cli_method_list_matches_the_library():
     from latteclip import cli, report
     assert cli.METHODS == report.METHODS
+
+
+def test_robustness_per_class_scores_a_balanced_subset(tmp_path):
+    "`--per-class N` scores the first N images of each class under every shift; a count below 1 is one sentence."
+    from latteclip.zeroshot import robustness
+    rows = robustness(shifts=["fog"], severities=(5,), per_class=3)
+    assert [r["shift"] for r in rows] == ["none", "fog"]
+    assert all(abs(r["top1"] * 0.3 - round(r["top1"] * 0.3)) < 0.01 for r in rows)   # 30 images: k/30 correct
+    r = latteclip("robustness", "--per-class", "0", "--out", tmp_path / "rob")
+    assert r.returncode == 2 and "--per-class must be at least 1" in r.stderr and "Traceback" not in r.stderr
