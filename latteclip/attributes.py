@@ -18,7 +18,8 @@ def colour_names(rgb:np.ndarray, # uint8 (..., 3)
     "Index into `COLOURS` of every pixel, shape `rgb.shape[:-1]`."
     hsv = mcolors.rgb_to_hsv(rgb.astype(np.float32) / 255.)
     h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    hue_bins = np.array([0.04, 0.11, 0.19, 0.45, 0.72, 0.83, 0.94])            # red|orange|yellow|green|blue|purple|pink|red
+    # red|orange|yellow|green|blue|purple|pink|red
+    hue_bins = np.array([0.04, 0.11, 0.19, 0.45, 0.72, 0.83, 0.94])
     hue_name = np.array([0, 1, 2, 3, 4, 5, 6, 0])[np.digitize(h, hue_bins)]
     out = hue_name.copy()
     warm = (hue_name <= 2)
@@ -48,7 +49,8 @@ def _masks(H, W):
 
 def measure(images:np.ndarray, # uint8 (N, H, W, 3), or one (H, W, 3)
             chunk:int=2048)->dict:
-    "Per-image measurements: colour and background (indices into `COLOURS`), brightness, contrast, sharpness, grain, size."
+    ("Per-image measurements: colour and background (indices into `COLOURS`), brightness, contrast, sharpness, grain, "
+     "size.")
     images = images[None] if images.ndim == 3 else images
     out = {k: [] for k in ["colour", "background", "brightness", "contrast", "sharpness", "grain", "size"]}
     centre, border = _masks(*images.shape[1:3])
@@ -57,8 +59,10 @@ def measure(images:np.ndarray, # uint8 (N, H, W, 3), or one (H, W, 3)
         y = (x.astype(np.float32) / 255.) @ np.array([0.299, 0.587, 0.114], np.float32)        # (n, H, W)
         lap = y[:, :-2, 1:-1] + y[:, 2:, 1:-1] + y[:, 1:-1, :-2] + y[:, 1:-1, 2:] - 4 * y[:, 1:-1, 1:-1]
         smooth = (y[:, :-2, 1:-1] + y[:, 2:, 1:-1] + y[:, 1:-1, :-2] + y[:, 1:-1, 2:] + y[:, 1:-1, 1:-1]) / 5
-        out["colour"].append(region_colour(x, centre)); out["background"].append(region_colour(x, border))
-        out["brightness"].append(y.mean((1, 2))); out["contrast"].append(y.std((1, 2)))
+        out["colour"].append(region_colour(x, centre))
+        out["background"].append(region_colour(x, border))
+        out["brightness"].append(y.mean((1, 2)))
+        out["contrast"].append(y.std((1, 2)))
         out["sharpness"].append(lap.var((1, 2)))
         out["grain"].append(np.median(np.abs(y[:, 1:-1, 1:-1] - smooth), axis=(1, 2)))
         bg = x[:, border].astype(np.float32).mean(1)                                             # (n, 3)
@@ -85,5 +89,6 @@ def words(m:dict, # the output of `measure`
 def caption(name:str, # class name
             adjective:str=None, size:str=None, colour:str=None, background:str=None)->str:
     "`a [adjective] photo of a [size] [colour] {name}[ on a {background} background].`"
-    s = "a " + (f"{adjective} " if adjective else "") + "photo of a " + (f"{size} " if size else "") + (f"{colour} " if colour else "") + name
+    s = ("a " + (f"{adjective} " if adjective else "") + "photo of a " + (f"{size} " if size else "")
+         + (f"{colour} " if colour else "") + name)
     return s + (f" on a {background} background." if background else ".")

@@ -32,7 +32,8 @@ def step_seconds(model_name:str, ds, texts, y, method:str, batch_size:int, steps
     return float(np.median(times[1:]))
 
 def encode_seconds(clip, ds, batch_size:int, repeats:int=3)->tuple:
-    "Median seconds of `encode_images` and of a plain open_clip `encode_image` loop over the same loader, alternating which goes first."
+    ("Median seconds of `encode_images` and of a plain open_clip `encode_image` loop over the same loader, alternating "
+     "which goes first.")
     ours, plain = [], []
     def run_plain():
         dl = loader(ds.with_transform(clip.preprocess), batch_size)
@@ -41,7 +42,9 @@ def encode_seconds(clip, ds, batch_size:int, repeats:int=3)->tuple:
             for x, _, _ in dl: clip.model.encode_image(x)
         plain.append(time.perf_counter() - t)
     def run_ours():
-        t = time.perf_counter(); encode_images(clip, ds, batch_size); ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        encode_images(clip, ds, batch_size)
+        ours.append(time.perf_counter() - t)
     for r in range(repeats):
         for f in ((run_ours, run_plain) if r % 2 == 0 else (run_plain, run_ours)): f()
     return float(np.median(ours)), float(np.median(plain))
@@ -57,19 +60,23 @@ def _child(code:str)->float:
 
 # %% ../nbs/17_bench.ipynb 8
 def ddp_throughput(full, n:int, batch_size:int, epochs:int=2, repeats:int=2)->dict:
-    "Training images per second of `latteclip run` in 2 processes and in 1 on the same `n` images (`full`'s, saved shifted; warm text cache), and their ratio."
+    ("Training images per second of `latteclip run` in 2 processes and in 1 on the same `n` images (`full`'s, saved "
+     "shifted; warm text cache), and their ratio.")
     with tempfile.TemporaryDirectory() as d:
         sub = full.subset(np.linspace(0, len(full) - 1, n).astype(int))
         for i in range(len(sub)):
-            f = Path(d) / "data" / sub.classes[sub.labels[i]] / f"{i}.png"; f.parent.mkdir(parents=True, exist_ok=True)
+            f = Path(d) / "data" / sub.classes[sub.labels[i]] / f"{i}.png"
+            f.parent.mkdir(parents=True, exist_ok=True)
             sub.image(i).save(f)
         ips = {}
         for procs in (1, 2) * repeats:                                        # alternating; the faster of each
-            args = ["--data", str(Path(d) / "data"), "--shift", "none", "--epochs", str(epochs), "--batch-size", str(batch_size),
-                    "--out", str(Path(d) / f"run{procs}"), "--text-cache", str(Path(d) / "texts.jsonl")] + (["--num-processes", "2"] if procs > 1 else [])
+            args = ["--data", str(Path(d) / "data"), "--shift", "none", "--epochs", str(epochs),
+                    "--batch-size", str(batch_size), "--out", str(Path(d) / f"run{procs}"),
+                    "--text-cache", str(Path(d) / "texts.jsonl")] + (["--num-processes", "2"] if procs > 1 else [])
             r = subprocess.run([sys.executable, "-m", "latteclip", "run", *args], capture_output=True, text=True,
                                env={**os.environ, "LATTECLIP_QUIET": "1", "LATTECLIP_CACHE": d})
-            if r.returncode != 0: raise LatteError(f"A {procs}-process run failed inside the benchmark: {r.stderr.strip()[-300:]}")
+            if r.returncode != 0:
+                raise LatteError(f"A {procs}-process run failed inside the benchmark: {r.stderr.strip()[-300:]}")
             m = json.loads((Path(d) / f"run{procs}" / "metrics.json").read_text())
             imgs = (m["n_images"] // batch_size) * batch_size * epochs
             ips[procs] = max(ips.get(procs, 0), imgs / sum(m["history"]["seconds"]))
@@ -82,35 +89,46 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
           models=("latteclip-tiny", "ViT-B-32"), quick:bool=False)->dict:
     "Measure every ratio of the table above and write `out/bench.json`."
     import open_clip
-    register_tiny(); models = tuple(models)
+    register_tiny()
+    models = tuple(models)
     bad = [m for m in models if m not in open_clip.list_models()]
-    if not models or bad: raise LatteError(f"Unknown model(s) for the benchmark: {', '.join(bad) or '(none given)'}; see open_clip.list_models().")
+    if not models or bad:
+        raise LatteError(f"Unknown model(s) for the benchmark: {', '.join(bad) or '(none given)'}; see "
+                         "open_clip.list_models().")
     if n < 20: raise LatteError("--n must be at least 20 images.")
-    out = out_dir(out); res = {"n": n, "models": list(models), "quick": quick}
+    out = out_dir(out)
+    res = {"n": n, "models": list(models), "quick": quick}
     say = lambda m: None if os.environ.get("LATTECLIP_QUIET") else print(f"[bench] {m}", file=sys.stderr, flush=True)
     steps = 2 if quick else 4
     full = open_data(shift=DEFAULT_SHIFT)
     need = min(len(full), max(2 * n, max(256 if m == "latteclip-tiny" else 32 for m in models) * (steps + 1)))
     ds = full.subset(np.linspace(0, len(full) - 1, need).astype(int)).unlabeled()
-    tiny = load_clip(device="cpu"); y = pseudo_labels(tiny, ds, cache=False).labels
+    tiny = load_clip(device="cpu")
+    y = pseudo_labels(tiny, ds, cache=False).labels
     cache_path = Path(tempfile.mkdtemp()) / "texts.jsonl"
     say("text stage, cold and warm cache")
-    t = time.perf_counter(); T = synthetic_texts(ds.subset(range(n)), y[:n], AttributeDescriber(), TextCache(cache_path)); cold = time.perf_counter() - t
-    t = time.perf_counter(); T2 = synthetic_texts(ds.subset(range(n)), y[:n], AttributeDescriber(), TextCache(cache_path)); warm = time.perf_counter() - t
+    t = time.perf_counter()
+    T = synthetic_texts(ds.subset(range(n)), y[:n], AttributeDescriber(), TextCache(cache_path))
+    cold = time.perf_counter() - t
+    t = time.perf_counter()
+    T2 = synthetic_texts(ds.subset(range(n)), y[:n], AttributeDescriber(), TextCache(cache_path))
+    warm = time.perf_counter() - t
     res.update(text_cold_s=sig(cold), text_warm_s=sig(warm), cache_rerun_fraction=sig(warm / cold), warm_calls=T2.calls)
     for name in models:
         say(f"{name}: training steps and feature extraction")
         bs = 32 if name != "latteclip-tiny" else 256
         m = ds.subset(range(bs * (steps + 1)))
         Tm = synthetic_texts(m, y[:len(m)], AttributeDescriber(), TextCache(cache_path))
-        lat = step_seconds(name, m, Tm, y, "latteclip", bs, steps); fly = step_seconds(name, m, Tm, y, "flyp", bs, steps)
+        lat = step_seconds(name, m, Tm, y, "latteclip", bs, steps)
+        fly = step_seconds(name, m, Tm, y, "flyp", bs, steps)
         clip = tiny if name == "latteclip-tiny" else load_clip(name, None, "cpu")
         enc = ds.subset(range(512 if name == "latteclip-tiny" else 64))
         ours, plain = encode_seconds(clip, enc, 64 if name == "latteclip-tiny" else 32, 2 if quick else 5)
         res[name] = dict(batch_size=bs, latteclip_step_s=sig(lat), flyp_step_s=sig(fly),
                          step_ratio_latteclip_vs_flyp=sig(lat / fly), encode_s=sig(ours), open_clip_encode_s=sig(plain),
                          encode_ratio_vs_open_clip=sig(plain / ours))
-    res["step_ratio_latteclip_vs_flyp"] = res[models[0]]["step_ratio_latteclip_vs_flyp"]       # headline: the first model
+    # headline: the first model
+    res["step_ratio_latteclip_vs_flyp"] = res[models[0]]["step_ratio_latteclip_vs_flyp"]
     res["encode_ratio_vs_open_clip"] = res[models[0]]["encode_ratio_vs_open_clip"]
     say(f"scaling: whole runs on {n // 2} and {n} images")
     ep, bs_scale = (1 if quick else 2), min(256, max(8, n // 8))       # the same batch size at N and 2N
@@ -131,22 +149,31 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
     say("the default run in a child process, for its peak memory")
     with tempfile.TemporaryDirectory() as d:
         args = ["--epochs", "10"]
-        if quick:                                             # smoke mode: the same command on an image folder of n images
+        # smoke mode: the same command on an image folder of n images
+        if quick:
             sub = full.subset(np.linspace(0, len(full) - 1, n).astype(int))
             for i in range(len(sub)):
-                f = Path(d) / "data" / sub.classes[sub.labels[i]] / f"{i}.png"; f.parent.mkdir(parents=True, exist_ok=True)
+                f = Path(d) / "data" / sub.classes[sub.labels[i]] / f"{i}.png"
+                f.parent.mkdir(parents=True, exist_ok=True)
                 sub.image(i).save(f)
-            args = ["--epochs", "1", "--data", str(Path(d) / "data"), "--shift", "none", "--batch-size", str(bs_scale)]   # saved shifted
-        r = subprocess.run([sys.executable, "-m", "latteclip", "run", *args, "--out", str(Path(d) / "run"), "--text-cache", str(cache_path)],
+            # saved shifted
+            args = ["--epochs", "1", "--data", str(Path(d) / "data"), "--shift", "none", "--batch-size", str(bs_scale)]
+        r = subprocess.run([sys.executable, "-m", "latteclip", "run", *args, "--out", str(Path(d) / "run"),
+                            "--text-cache", str(cache_path)],
                            capture_output=True, text=True, env={**os.environ, "LATTECLIP_QUIET": "1"})
-        if r.returncode != 0: raise LatteError(f"The default run failed inside the benchmark: {r.stderr.strip()[-300:]}")
+        if r.returncode != 0:
+            raise LatteError(f"The default run failed inside the benchmark: {r.stderr.strip()[-300:]}")
         mm = json.loads((Path(d) / "run" / "metrics.json").read_text())
-        res.update(peak_rss_mb=mm["peak_rss_mb"], default_run_s=mm["seconds"], default_run_epochs=int(args[1]), default_run_images=mm["n_images"])
+        res.update(peak_rss_mb=mm["peak_rss_mb"], default_run_s=mm["seconds"], default_run_epochs=int(args[1]),
+                   default_run_images=mm["n_images"])
     say("data-parallel: the same training in 2 processes (accelerate, gloo on CPU) and in 1, same global batch")
-    res.update(ddp_throughput(full, n, bs_scale - bs_scale % 2, 1 if quick else 2, 1 if quick else 2))   # a batch 2 processes split evenly
+    # a batch 2 processes split evenly
+    res.update(ddp_throughput(full, n, bs_scale - bs_scale % 2, 1 if quick else 2, 1 if quick else 2))
     code = "import time; t=time.perf_counter(); import {}; print(time.perf_counter()-t)"
     res["import_s"] = sig(min(_child(code.format("latteclip")) for _ in range(3)))
-    res["import_all_s"] = sig(min(_child(code.format("latteclip.cli, latteclip.report, latteclip.bench")) for _ in range(3)))
-    res["transformers_imported_by_latteclip"] = _child("import sys, latteclip.report, latteclip.vlm; print(int('transformers' in sys.modules))") == 1
+    res["import_all_s"] = sig(min(_child(code.format("latteclip.cli, latteclip.report, latteclip.bench"))
+                                  for _ in range(3)))
+    res["transformers_imported_by_latteclip"] = _child("import sys, latteclip.report, latteclip.vlm; "
+                                                       "print(int('transformers' in sys.modules))") == 1
     write_json(res, out / "bench.json")
     return res

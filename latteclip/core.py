@@ -20,11 +20,13 @@ class LatteError(Exception):
     "An error the user caused and can fix; the CLI prints it as one sentence and exits with code 2."
 
 def check_settings(checks:list, # `(condition, message)` pairs, the message in the flags' words
-                   loop=None, # a training config: its epochs, batch_size, lr, weight_decay and precision are checked first
+                   # a training config: its epochs, batch_size, lr, weight_decay and precision are checked first
+                   loop=None,
                   ):
     "Raise one `LatteError` naming every setting whose condition is false (configs call it before any work)."
     if loop is not None:
-        checks = [(loop.epochs >= 1, "--epochs must be at least 1"), (loop.batch_size >= 2, "--batch-size must be at least 2"),
+        checks = [(loop.epochs >= 1, "--epochs must be at least 1"),
+                  (loop.batch_size >= 2, "--batch-size must be at least 2"),
                   (loop.lr > 0, "--lr must be positive"), (loop.weight_decay >= 0, "--weight-decay must be >= 0"),
                   (loop.precision in ("auto", "bf16", "fp16", "fp32"), "--precision must be auto, bf16, fp16 or fp32"),
                   (getattr(loop, "grad_accum", 1) >= 1, "--grad-accum must be at least 1")] + list(checks)
@@ -51,12 +53,16 @@ class StopRequest:
 def seed_everything(seed:int=0, # the one seed for python, numpy and torch
                    ):
     "Seed python's `random`, NumPy and torch (CPU and CUDA)."
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 def generator(seed:int=0, # seed of the stream
              )->torch.Generator:
     "A fresh CPU torch generator, independent of the global RNG."
-    g = torch.Generator(); g.manual_seed(seed); return g
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
 
 # %% ../nbs/00_core.ipynb 11
 def stable_hash(*parts, # bytes, str, numbers or arrays
@@ -67,7 +73,8 @@ def stable_hash(*parts, # bytes, str, numbers or arrays
     for p in parts:
         if isinstance(p, np.ndarray): p = np.ascontiguousarray(p).tobytes()
         elif not isinstance(p, (bytes, bytearray)): p = repr(p).encode()
-        h.update(p); h.update(b"\x00")
+        h.update(p)
+        h.update(b"\x00")
     return h.hexdigest()[:n]
 
 def seed_from(*parts)->int:
@@ -79,20 +86,26 @@ def progress(it=None, # the iterable to wrap
              desc:str=None, # what is being done
              total:int=None, # its length, when `it` has none
              **kwargs):
-    "A notebook-aware progress bar (tqdm.auto); quiet when `LATTECLIP_QUIET=1`, and in every process but the first of a launched group."
+    ("A notebook-aware progress bar (tqdm.auto); quiet when `LATTECLIP_QUIET=1`, and in every process but the first of "
+     "a launched group.")
     disable = os.environ.get("LATTECLIP_QUIET", "0") == "1" or os.environ.get("RANK", "0") != "0"
     return tqdm(it, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
 
 def default_device()->torch.device:
-    "CUDA when present (this process's GPU, `LOCAL_RANK`, when a launcher started several), else Apple's MPS, else the CPU."
-    if torch.cuda.is_available(): return torch.device("cuda", int(os.environ["LOCAL_RANK"])) if "LOCAL_RANK" in os.environ else torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
+    ("CUDA when present (this process's GPU, `LOCAL_RANK`, when a launcher started several), else Apple's MPS, else "
+     "the CPU.")
+    if torch.cuda.is_available():
+        if "LOCAL_RANK" in os.environ: return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
     return torch.device("cpu")
 
 def peak_rss_mb()->float:
     "Peak resident memory of this process, in MiB: since it started, or since the last `reset_peak_rss`."
     try:                                      # Linux: the high-water mark of this process's own memory map. Unlike
-        for line in Path("/proc/self/status").read_text().splitlines():   # ru_maxrss it is not inherited from the parent
+        # ru_maxrss it is not inherited from the parent
+        for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"): return round(int(line.split()[1]) / 1024, 1)   # across fork + exec
     except OSError: pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -100,11 +113,14 @@ def peak_rss_mb()->float:
 
 def reset_peak_rss()->bool:
     "Start a new peak-memory window (Linux; elsewhere the peak stays process-wide). True when it was reset."
-    try: Path("/proc/self/clear_refs").write_text("5"); return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
     except OSError: return False
 
 # %% ../nbs/00_core.ipynb 17
-ASSETS = Path(__file__).resolve().parent / "assets" if "__file__" in globals() else Path("../latteclip/assets").resolve()
+ASSETS = (Path(__file__).resolve().parent / "assets" if "__file__" in globals()
+          else Path("../latteclip/assets").resolve())
 
 def asset(name:str, # file name inside `latteclip/assets`
          )->Path:

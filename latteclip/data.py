@@ -109,7 +109,8 @@ class ArchiveReader:
         return self._h
     def keys(self):
         h = self._open()
-        names = [n for n in h.namelist() if not n.endswith("/")] if isinstance(h, zipfile.ZipFile) else list(self._index)
+        names = ([n for n in h.namelist() if not n.endswith("/")] if isinstance(h, zipfile.ZipFile)
+                 else list(self._index))
         return sorted(n for n in names if is_image_name(n) and not any(p.startswith(".") for p in n.split("/")))
     def check(self, key):
         "The declared size of member `key` when it is small enough to read; else `UnreadableFile`."
@@ -136,10 +137,12 @@ def decode_image(data:bytes)->Image.Image:
     im = Image.open(io.BytesIO(data))
     im.load()
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA"); bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, im).convert("RGB")
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(im, dtype=np.float64); a = (a / max(a.max(), 1) * 255).astype(np.uint8)
+        a = np.asarray(im, dtype=np.float64)
+        a = (a / max(a.max(), 1) * 255).astype(np.uint8)
         return Image.fromarray(a).convert("RGB")
     return im.convert("RGB")
 
@@ -153,64 +156,88 @@ def _blur(x, sigma):
 def _scale(x): return min(x.shape[:2]) / 32
 
 def gaussian_noise(x, s, rng): return x + rng.normal(size=x.shape, scale=[.04, .06, .08, .09, .10][s-1])
-def shot_noise(x, s, rng): c = [500, 250, 100, 75, 50][s-1]; return rng.poisson(np.clip(x, 0, 1) * c) / c
+def shot_noise(x, s, rng):
+    c = [500, 250, 100, 75, 50][s-1]
+    return rng.poisson(np.clip(x, 0, 1) * c) / c
 def speckle_noise(x, s, rng): return x + x * rng.normal(size=x.shape, scale=[.06, .1, .12, .16, .2][s-1])
 def impulse_noise(x, s, rng):
     "Salt and pepper on a fraction `c` of the values (as scikit-image's `random_noise(mode='s&p')`)."
-    c = [.01, .02, .03, .05, .07][s-1]; u = rng.random(x.shape); x = x.copy()
-    x[u < c / 2] = 0.; x[(u >= c / 2) & (u < c)] = 1.
+    c = [.01, .02, .03, .05, .07][s-1]
+    u = rng.random(x.shape)
+    x = x.copy()
+    x[u < c / 2] = 0.
+    x[(u >= c / 2) & (u < c)] = 1.
     return x
 def gaussian_blur(x, s, rng): return _blur(x, [.4, .6, .7, .8, 1.][s-1] * _scale(x))
 def defocus_blur(x, s, rng):
     "Convolution with a disk of radius `r`, then a slight gaussian (aliasing) blur."
-    r, a = [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)][s-1]; r, a = r * _scale(x), a * _scale(x)
-    L = np.arange(-max(8, int(np.ceil(r))), max(8, int(np.ceil(r))) + 1); X, Y = np.meshgrid(L, L)
-    k = ((X**2 + Y**2) <= max(r, 0.5)**2).astype(np.float32); k /= k.sum()
-    k = _blur(np.repeat(k[..., None], 3, 2), a)[..., 0]; k /= k.sum()
+    r, a = [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)][s-1]
+    r, a = r * _scale(x), a * _scale(x)
+    L = np.arange(-max(8, int(np.ceil(r))), max(8, int(np.ceil(r))) + 1)
+    X, Y = np.meshgrid(L, L)
+    k = ((X**2 + Y**2) <= max(r, 0.5)**2).astype(np.float32)
+    k /= k.sum()
+    k = _blur(np.repeat(k[..., None], 3, 2), a)[..., 0]
+    k /= k.sum()
     t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).float()[:, None]
     p = k.shape[0] // 2
-    out = torch.nn.functional.conv2d(torch.nn.functional.pad(t, (p, p, p, p), mode="reflect"), torch.from_numpy(k)[None, None])
+    out = torch.nn.functional.conv2d(torch.nn.functional.pad(t, (p, p, p, p), mode="reflect"),
+                                     torch.from_numpy(k)[None, None])
     return out[:, 0].numpy().transpose(1, 2, 0)
 def contrast(x, s, rng):
-    c = [.75, .5, .4, .3, .15][s-1]; m = x.mean(axis=(0, 1), keepdims=True); return (x - m) * c + m
+    c = [.75, .5, .4, .3, .15][s-1]
+    m = x.mean(axis=(0, 1), keepdims=True)
+    return (x - m) * c + m
 def brightness(x, s, rng):
-    h = mcolors.rgb_to_hsv(np.clip(x, 0, 1)); h[..., 2] = np.clip(h[..., 2] + [.05, .1, .15, .2, .3][s-1], 0, 1)
+    h = mcolors.rgb_to_hsv(np.clip(x, 0, 1))
+    h[..., 2] = np.clip(h[..., 2] + [.05, .1, .15, .2, .3][s-1], 0, 1)
     return mcolors.hsv_to_rgb(h)
 def saturate(x, s, rng):
     a, b = [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)][s-1]
-    h = mcolors.rgb_to_hsv(np.clip(x, 0, 1)); h[..., 1] = np.clip(h[..., 1] * a + b, 0, 1)
+    h = mcolors.rgb_to_hsv(np.clip(x, 0, 1))
+    h[..., 1] = np.clip(h[..., 1] * a + b, 0, 1)
     return mcolors.hsv_to_rgb(h)
 def grayscale(x, s, rng):
-    g = x @ np.array([0.299, 0.587, 0.114]); return np.repeat(g[..., None], 3, 2)
+    g = x @ np.array([0.299, 0.587, 0.114])
+    return np.repeat(g[..., None], 3, 2)
 
 def plasma_fractal(size:int, # side of the (square, power of two) map
                    decay:float, # how fast the roughness falls with scale; larger = smoother
                    rng:np.random.Generator)->np.ndarray:
     "A random low-frequency map in [0, 1] by the diamond-square algorithm (as in CIFAR-10-C's fog)."
-    m = np.zeros((size, size)); step, wibble = size, 100.
+    m = np.zeros((size, size))
+    step, wibble = size, 100.
     def noisy_mean(a): return a / 4 + wibble * rng.uniform(-wibble, wibble, a.shape)
     while step >= 2:
         h = step // 2
         corners = m[0:size:step, 0:size:step]
-        sq = corners + np.roll(corners, -1, axis=0); sq = sq + np.roll(sq, -1, axis=1)
+        sq = corners + np.roll(corners, -1, axis=0)
+        sq = sq + np.roll(sq, -1, axis=1)
         m[h:size:step, h:size:step] = noisy_mean(sq)                                   # square step
         centres, corners = m[h:size:step, h:size:step], m[0:size:step, 0:size:step]
         m[0:size:step, h:size:step] = noisy_mean(centres + np.roll(centres, 1, 0) + corners + np.roll(corners, -1, 1))
         m[h:size:step, 0:size:step] = noisy_mean(centres + np.roll(centres, 1, 1) + corners + np.roll(corners, -1, 0))
-        step //= 2; wibble /= decay
-    m -= m.min(); return m / m.max()
+        step //= 2
+        wibble /= decay
+    m -= m.min()
+    return m / m.max()
 
 def fog(x, s, rng):
     "A low-frequency haze: add a plasma fractal and compress the range."
     c, decay = [(.2, 3), (.5, 3), (.75, 2.5), (1, 2), (1.5, 1.75)][s-1]
-    H, W = x.shape[:2]; size = 1 << int(np.ceil(np.log2(max(H, W, 2))))
-    mx = x.max(); x = x + c * plasma_fractal(size, decay, rng)[:H, :W, None]
+    H, W = x.shape[:2]
+    size = 1 << int(np.ceil(np.log2(max(H, W, 2))))
+    mx = x.max()
+    x = x + c * plasma_fractal(size, decay, rng)[:H, :W, None]
     return x * mx / (mx + c)
 
 def jpeg(img, s, rng):
-    buf = io.BytesIO(); img.save(buf, "JPEG", quality=[80, 65, 58, 50, 40][s-1]); return Image.open(buf).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=[80, 65, 58, 50, 40][s-1])
+    return Image.open(buf).convert("RGB")
 def pixelate(img, s, rng):
-    c = [.95, .9, .85, .75, .65][s-1]; W, H = img.size
+    c = [.95, .9, .85, .75, .65][s-1]
+    W, H = img.size
     return img.resize((max(1, int(W * c)), max(1, int(H * c))), Image.BOX).resize((W, H), Image.BOX)
 
 SHIFTS = dict(gaussian_noise=gaussian_noise, shot_noise=shot_noise, impulse_noise=impulse_noise,
@@ -254,7 +281,8 @@ class ImageSet(torch.utils.data.Dataset):
                  skipped:list=None, # `(key, reason)` for each file left out
                  transform=None, # applied to the (shifted) PIL image
                  shift:Shift=None):
-        self.reader, self.keys, self.labels, self.classes, self.name = reader, list(keys), list(labels), list(classes), name
+        self.reader, self.keys, self.labels = reader, list(keys), list(labels)
+        self.classes, self.name = list(classes), name
         self.skipped, self.transform, self.shift = list(skipped or []), transform, shift
     def __len__(self): return len(self.keys)
     @property
@@ -271,7 +299,8 @@ class ImageSet(torch.utils.data.Dataset):
         return (self.transform(img) if self.transform is not None else img), self.labels[i], i
     def _copy(self, **kw):
         d = dict(reader=self.reader, keys=self.keys, labels=self.labels, classes=self.classes, name=self.name,
-                 skipped=self.skipped, transform=self.transform, shift=self.shift); d.update(kw)
+                 skipped=self.skipped, transform=self.transform, shift=self.shift)
+        d.update(kw)
         return ImageSet(**d)
     def with_transform(self, transform): return self._copy(transform=transform)
     def with_shift(self, shift): return self._copy(shift=parse_shift(shift))
@@ -287,7 +316,8 @@ class ImageSet(torch.utils.data.Dataset):
     def __repr__(self):
         lab = "labelled" if self.has_labels else "unlabelled"
         sh = f", shift {self.shift}" if self.shift else ""
-        return f"ImageSet({self.name}: {len(self)} images, {len(self.classes)} classes, {lab}{sh}, {len(self.skipped)} skipped)"
+        return (f"ImageSet({self.name}: {len(self)} images, {len(self.classes)} classes, {lab}{sh}, "
+                f"{len(self.skipped)} skipped)")
 
 # %% ../nbs/01_data.ipynb 17
 MAX_PIXELS = 64_000_000
@@ -300,8 +330,9 @@ def check_image(data:bytes)->str|None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             if im.width * im.height > MAX_PIXELS: return f"too large ({im.width}x{im.height} pixels)"
-            if im.format == "JPEG": im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))   # 1/8-scale decode:
-            im.load()                                          # still reads every byte, so truncation shows, 64x cheaper
+            # 1/8-scale decode: still reads every byte, so truncation shows, 64x cheaper
+            if im.format == "JPEG": im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
     except Image.DecompressionBombWarning: return "too large (decompression bomb)"
     except Exception as e: return f"not a readable image ({type(e).__name__}: {str(e)[:80]})"
     return None
@@ -335,14 +366,18 @@ def image_folder(root, # a folder or .zip/.tar with one sub-folder of images per
     else: depth = 0
     folder_of = {k: k.split("/")[depth] for k in keys if k.count("/") > depth}
     found = sorted(set(folder_of.values()))
-    if not found: raise LatteError(f"No class sub-folders with images in {root}: lay it out as {root}/<class>/<image>, or pass a flat folder with --classes.")
+    if not found:
+        raise LatteError(f"No class sub-folders with images in {root}: lay it out as {root}/<class>/<image>, or pass a "
+                         "flat folder with --classes.")
     if classes is None: classes = found
     else:
         classes = list(classes)
         lookup = {_norm(c): i for i, c in enumerate(classes)}
         if len(lookup) != len(classes): raise LatteError(f"Duplicate class names in --classes: {', '.join(classes)}.")
         missing = [f for f in found if _norm(f) not in lookup]
-        if missing: raise LatteError(f"The folders {', '.join(missing)} in {root} are not among --classes ({', '.join(classes)}): make them match.")
+        if missing:
+            raise LatteError(f"The folders {', '.join(missing)} in {root} are not among --classes "
+                             f"({', '.join(classes)}): make them match.")
     lookup = {_norm(c): i for i, c in enumerate(classes)}
     keys = list(folder_of)
     ok, skipped = _checked(reader, keys, verify)
@@ -355,7 +390,8 @@ def flat_folder(root, # a folder (or archive) of images, possibly nested; no lab
     "An unlabelled `ImageSet` of every image below `root`; predictions only."
     root = Path(root)
     if not classes: raise LatteError(f"{root} has no class sub-folders, so pass the class names: --classes cat,dog,...")
-    if len({_norm(c) for c in classes}) != len(classes): raise LatteError(f"Duplicate class names in --classes: {', '.join(classes)}.")
+    if len({_norm(c) for c in classes}) != len(classes):
+        raise LatteError(f"Duplicate class names in --classes: {', '.join(classes)}.")
     reader = ArchiveReader(root) if root.is_file() else FolderReader(root)
     ok, skipped = _checked(reader, reader.keys(), verify)
     return ImageSet(reader, ok, [-1] * len(ok), list(classes), name or root.stem, skipped)
@@ -392,24 +428,30 @@ def embedded_target(verify:bool=False)->ImageSet:
 
 # %% ../nbs/01_data.ipynb 25
 TORCHVISION = {"cifar10": ("CIFAR10", dict(train=False)), "cifar100": ("CIFAR100", dict(train=False)),
-               "eurosat": ("EuroSAT", {}), "dtd": ("DTD", dict(split="test")), "food101": ("Food101", dict(split="test")),
+               "eurosat": ("EuroSAT", {}), "dtd": ("DTD", dict(split="test")),
+               "food101": ("Food101", dict(split="test")),
                "oxford_pets": ("OxfordIIITPet", dict(split="test")), "flowers102": ("Flowers102", dict(split="test"))}
 
 class TorchvisionReader:
     "Reads images of a torchvision dataset by index, as PNG bytes."
     def __init__(self, ds): self.ds = ds
     def read(self, key):
-        img = self.ds[int(key)][0]; buf = io.BytesIO(); img.save(buf, "PNG"); return buf.getvalue()
+        img = self.ds[int(key)][0]
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return buf.getvalue()
 
 def torchvision_set(name:str, root="~/.cache/latteclip/data", download:bool=False, classes:list=None)->ImageSet:
     "A torchvision dataset by name; `download=True` fetches it (needs a network)."
     import torchvision.datasets as D
     cls, kw = TORCHVISION[name]
     try: ds = getattr(D, cls)(str(Path(root).expanduser()), download=download, **kw)
-    except RuntimeError as e: raise LatteError(f"The {name} dataset is not in {root}: pass --download to fetch it ({e}).") from None
+    except RuntimeError as e:
+        raise LatteError(f"The {name} dataset is not in {root}: pass --download to fetch it ({e}).") from None
     classes = classes or getattr(ds, "classes", None)
     if not classes: raise LatteError(f"torchvision's {name} has no class names: pass them with --classes.")
-    labels = [int(t) for t in getattr(ds, "targets", None) or getattr(ds, "_labels", None) or [ds[i][1] for i in range(len(ds))]]
+    labels = [int(t) for t in (getattr(ds, "targets", None) or getattr(ds, "_labels", None)
+                               or [ds[i][1] for i in range(len(ds))])]
     return ImageSet(TorchvisionReader(ds), [str(i) for i in range(len(ds))], labels, list(classes), name)
 
 # %% ../nbs/01_data.ipynb 27
@@ -424,14 +466,18 @@ def open_data(data:str=None, # folder, .zip/.tar, a torchvision name, or None fo
     elif str(data).lower() in TORCHVISION: ds = torchvision_set(str(data).lower(), download=download, classes=classes)
     else:
         p = Path(data).expanduser()
-        if not p.exists(): raise LatteError(f"--data {data} does not exist: pass an image folder, a .zip/.tar of one, or one of {', '.join(TORCHVISION)}.")
-        if p.is_file() and p.suffix.lower() not in (".zip", ".tar"): raise LatteError(f"--data {data} is a file but not a .zip or .tar archive.")
+        if not p.exists():
+            raise LatteError(f"--data {data} does not exist: pass an image folder, a .zip/.tar of one, or one of "
+                             f"{', '.join(TORCHVISION)}.")
+        if p.is_file() and p.suffix.lower() not in (".zip", ".tar"):
+            raise LatteError(f"--data {data} is a file but not a .zip or .tar archive.")
         if not os.access(p, os.R_OK): raise LatteError(f"--data {data} cannot be read: check its permissions.")
         reader = ArchiveReader(p) if p.is_file() else FolderReader(p)
         keys = reader.keys()
         if not keys: raise LatteError(f"No images found in {data}: pass a folder with images (.jpg, .png, ...).")
         loose = [k for k in keys if "/" not in k]
-        if p.is_dir() and loose or classes and p.is_dir() and not any(d.is_dir() for d in p.iterdir() if not d.name.startswith(".")):
+        if (p.is_dir() and loose
+                or classes and p.is_dir() and not any(d.is_dir() for d in p.iterdir() if not d.name.startswith("."))):
             ds = flat_folder(p, classes, verify=verify)
         else: ds = image_folder(p, classes, verify=verify)
     if not len(ds): raise LatteError(f"No readable image left in {data}: all {len(ds.skipped)} files were skipped.")

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from .core import LatteError, progress, default_device, stable_hash, seed_from, asset
-from .vlm import _check_dtype, _check_4bit, _model_kwargs, _end_ids, _local_folder, _local_first, _word_tokenizer
+from .vlm import (_check_dtype, _check_4bit, _model_kwargs, _end_ids, _local_folder, _local_first, _word_tokenizer,
+                  load_lazily)
 from .texts import TextCache
 from .models import TEMPLATE, encode_texts
 from .attributes import measure, words, caption
@@ -28,8 +29,11 @@ class Descriptors(dict):
                  calls:int=0, # texts a model wrote in this call (0: all from a file or the cache)
                  fallbacks:int=0, # of those, empty texts replaced by the template
                 ):
-        super().__init__(texts); self.source, self.calls, self.fallbacks = source, int(calls), int(fallbacks)
-    def __repr__(self): return f"Descriptors({len(self)} classes, {sum(map(len, self.values()))} texts, source={self.source!r}, calls={self.calls})"
+        super().__init__(texts)
+        self.source, self.calls, self.fallbacks = source, int(calls), int(fallbacks)
+    def __repr__(self):
+        return (f"Descriptors({len(self)} classes, {sum(map(len, self.values()))} texts, source={self.source!r}, "
+                f"calls={self.calls})")
 
 # %% ../nbs/19_descriptors.ipynb 8
 _LLM_WORDS = [("an image-text-to-text model", "a causal language model (text generation)"),
@@ -48,10 +52,12 @@ def _llm_words():
 def load_llm(model_id:str, # a Hub id (Qwen/Qwen2.5-0.5B-Instruct) or a folder written by save_pretrained
              dtype:str="auto", # auto (checkpoint's on GPU, float32 on CPU), float32, float16 or bfloat16
              device:str|None=None, # where to put it; None: CUDA, MPS or CPU
-             device_map:str|None=None, # e.g. "auto" to spread a big model over the GPUs (accelerate); then `device` is ignored
+             # e.g. "auto" to spread a big model over the GPUs (accelerate); then `device` is ignored
+             device_map:str|None=None,
              load_in_4bit:bool=False, # NF4 quantisation with bitsandbytes (CUDA only)
             )->tuple:
-    "The causal LM and tokenizer of `model_id`, from local files when possible; a `LatteError` in one sentence otherwise."
+    ("The causal LM and tokenizer of `model_id`, from local files when possible; a `LatteError` in one sentence "
+     "otherwise.")
     dev, kw = _model_kwargs(dtype, device, device_map, load_in_4bit)
     with _llm_words(): folder = _local_folder(model_id)
     import transformers
@@ -72,8 +78,10 @@ def tiny_llm(family:str="llama", # "llama" (with a chat template) or "gpt2" (pla
              seed:int=0, # seed of the random weights (the global torch RNG is left as it was)
              width:int=32, # hidden size
             ):
-    "A tiny randomly initialised causal LM of a real family and its tokenizer, built offline: `(model, tokenizer)`, or `folder`."
-    if family not in LLM_FAMILIES: raise LatteError(f"No tiny language model of the family '{family}': use one of {', '.join(LLM_FAMILIES)}.")
+    ("A tiny randomly initialised causal LM of a real family and its tokenizer, built offline: `(model, tokenizer)`, "
+     "or `folder`.")
+    if family not in LLM_FAMILIES:
+        raise LatteError(f"No tiny language model of the family '{family}': use one of {', '.join(LLM_FAMILIES)}.")
     import torch, transformers as T
     if family == "llama":
         tok = _word_tokenizer(["<unk>", "<s>", "</s>", "<pad>"], bos_token="<s>", eos_token="</s>", pad_token="<pad>")
@@ -89,7 +97,9 @@ def tiny_llm(family:str="llama", # "llama" (with a chat template) or "gpt2" (pla
         torch.manual_seed(seed)
         model = (T.LlamaForCausalLM if family == "llama" else T.GPT2LMHeadModel)(cfg).eval()
     if folder is None: return model, tok
-    Path(folder).mkdir(parents=True, exist_ok=True); model.save_pretrained(folder); tok.save_pretrained(folder)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
     return Path(folder)
 
 # %% ../nbs/19_descriptors.ipynb 15
@@ -121,29 +131,28 @@ class LLMDescriber:
             if load_in_4bit: _check_4bit()
             with _llm_words(): _local_folder(model_id)   # a missing folder fails now, not at the first uncached text
         self.model_id, self.n, self.prompt, self.batch_size = str(model_id), int(n), prompt, int(batch_size)
-        self.max_new_tokens, self.temperature, self.top_p, self.seed = int(max_new_tokens), float(temperature), float(top_p), int(seed)
+        self.max_new_tokens, self.temperature = int(max_new_tokens), float(temperature)
+        self.top_p, self.seed = float(top_p), int(seed)
         self.dtype, self.device, self.device_map, self.load_in_4bit = dtype, device, device_map, load_in_4bit
-        self.id = f"llm:{self.model_id}:{stable_hash(prompt, self.max_new_tokens, self.temperature, self.top_p, self.seed, n=8)}"
+        key = stable_hash(prompt, self.max_new_tokens, self.temperature, self.top_p, self.seed, n=8)
+        self.id = f"llm:{self.model_id}:{key}"
         self._model, self._tokenizer, self._ready, self.fallbacks = model, tokenizer, False, 0
 
-    def __repr__(self): return f"LLMDescriber({self.model_id}, n={self.n}, batch_size={self.batch_size}, max_new_tokens={self.max_new_tokens})"
+    def __repr__(self):
+        return (f"LLMDescriber({self.model_id}, n={self.n}, batch_size={self.batch_size}, "
+                f"max_new_tokens={self.max_new_tokens})")
 
     def load(self):
         "Load what is missing of model and tokenizer now (the first `describe` does it otherwise); returns self."
         if self._ready: return self
-        if self._model is None:
-            model, tok = load_llm(self.model_id, self.dtype, self.device, self.device_map, self.load_in_4bit)
-            self._model, self._tokenizer = model, self._tokenizer or tok
-        else:
-            if self._tokenizer is None:
-                import transformers
-                with _llm_words(): self._tokenizer = _local_first(self.model_id, _local_folder(self.model_id),
-                    lambda src, local: transformers.AutoTokenizer.from_pretrained(src, local_files_only=local))
-            if self.device is not None: self._model = self._model.to(self.device)
-            self._model.eval()
-        tok = self._tokenizer
-        tok.padding_side = "left"                        # generation continues from the last position of every row
-        if tok.pad_token is None: tok.pad_token = tok.eos_token
+        def tokenizer():
+            import transformers
+            load = lambda src, local: transformers.AutoTokenizer.from_pretrained(src, local_files_only=local)
+            with _llm_words(): return _local_first(self.model_id, _local_folder(self.model_id), load)
+        self._model, self._tokenizer = load_lazily(
+            self._model, self._tokenizer,
+            lambda: load_llm(self.model_id, self.dtype, self.device, self.device_map, self.load_in_4bit),
+            tokenizer, self.device)
         self._ready = True
         return self
 
@@ -160,7 +169,8 @@ class LLMDescriber:
         return p + "\n"
 
     def generate(self, items:list)->list:
-        "The new token ids of each `(name, index)` request: sampled, at most `max_new_tokens`, up to the end-of-text token."
+        ("The new token ids of each `(name, index)` request: sampled, at most `max_new_tokens`, up to the end-of-text "
+         "token.")
         import torch
         tok, model, out = self.tokenizer, self.model, []
         chat = bool(getattr(tok, "chat_template", None))
@@ -169,7 +179,8 @@ class LLMDescriber:
         starts = range(0, len(items), self.batch_size)
         for s in (progress(starts, desc=f"describing with {self.model_id}") if len(starts) > 1 else starts):
             batch = items[s:s + self.batch_size]
-            enc = tok([self.text(name) for name, _ in batch], return_tensors="pt", padding=True, add_special_tokens=not chat)
+            enc = tok([self.text(name) for name, _ in batch], return_tensors="pt", padding=True,
+                      add_special_tokens=not chat)
             ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
             with torch.random.fork_rng(devices=cuda), torch.inference_mode():
                 torch.manual_seed(seed_from(self.seed, *batch))
@@ -187,19 +198,24 @@ class LLMDescriber:
         out = []
         for (name, _), t in zip(items, self.tokenizer.batch_decode(self.generate(items), skip_special_tokens=True)):
             t = next((line.strip() for line in t.strip().splitlines() if line.strip()), "")
-            if not t: t = TEMPLATE.format(name); self.fallbacks += 1
+            if not t:
+                t = TEMPLATE.format(name)
+                self.fallbacks += 1
             out.append(t)
         return out
 
 # %% ../nbs/19_descriptors.ipynb 20
-def _key(describer_id:str, name:str, index:int)->str: return stable_hash("class-descriptor", describer_id, name, index, n=24)
+def _key(describer_id:str, name:str, index:int)->str:
+    return stable_hash("class-descriptor", describer_id, name, index, n=24)
 
 def class_descriptors(classes:list, # class names
-                      describer, # an `LLMDescriber`, or anything with `id`, `batch_size` and `describe([(name, index)])`
+                      # an `LLMDescriber`, or anything with `id`, `batch_size` and `describe([(name, index)])`
+                      describer,
                       cache:TextCache|str|None=None, # a `TextCache` (or its path); None: no cache
                       n:int|None=None, # descriptions per class; None: the describer's `n`
                      )->Descriptors:
-    "`n` descriptions of each class, each (class, index) generated once and kept in `cache`; `calls` counts the generated ones."
+    ("`n` descriptions of each class, each (class, index) generated once and kept in `cache`; `calls` counts the "
+     "generated ones.")
     n = int(n or getattr(describer, "n", 8))
     if n < 1: raise LatteError(f"The number of descriptions per class must be at least 1, not {n}.")
     if cache is not None and not isinstance(cache, TextCache): cache = TextCache(cache)
@@ -207,11 +223,13 @@ def class_descriptors(classes:list, # class names
     items = [(c, j) for c in classes for j in range(n)]
     keys = {it: _key(describer.id, *it) for it in items}
     todo = [it for it in dict.fromkeys(items) if keys[it] not in store]
-    before = getattr(describer, "fallbacks", 0); bs = getattr(describer, "batch_size", 8)
+    before = getattr(describer, "fallbacks", 0)
+    bs = getattr(describer, "batch_size", 8)
     for s in progress(range(0, len(todo), bs), desc="class descriptions", total=(len(todo) + bs - 1) // bs):
         batch = todo[s:s + bs]
         for (c, j), t in zip(batch, describer.describe(batch)):
-            if cache is not None: cache.add(keys[(c, j)], t.strip(), describer=describer.id, kind="class-descriptor", name=c, index=j)
+            if cache is not None:
+                cache.add(keys[(c, j)], t.strip(), describer=describer.id, kind="class-descriptor", name=c, index=j)
             else: store[keys[(c, j)]] = t.strip()
     return Descriptors({c: [store[keys[(c, j)]] for j in range(n)] for c in classes}, describer.id, len(todo),
                        getattr(describer, "fallbacks", 0) - before)
@@ -222,16 +240,20 @@ def _imageset(data):
     from latteclip.data import open_data
     return open_data(data, verify=False)
 
-def descriptors_from_captions(data, # the pre-training images: a labelled folder/.tar/.zip (class sub-folders), or an `ImageSet`
-                              n:int=8, # sentences per class: the plain template and the n-1 most frequent captions
-                              per_class:int|None=None, # measure only the first this many images of each class (quick runs)
-                              size:int=32, # the side the images are measured at (the tiny CLIP's input)
-                             )->Descriptors:
-    "Per class, `a photo of a {name}.` and the captions of its `n - 1` most frequent (size, colour, background) triples."
+def descriptors_from_captions(
+    data, # the pre-training images: a labelled folder/.tar/.zip (class sub-folders), or an `ImageSet`
+    n:int=8, # sentences per class: the plain template and the n-1 most frequent captions
+    per_class:int|None=None, # measure only the first this many images of each class (quick runs)
+    size:int=32, # the side the images are measured at (the tiny CLIP's input)
+)->Descriptors:
+    ("Per class, `a photo of a {name}.` and the captions of its `n - 1` most frequent (size, colour, background) "
+     "triples.")
     from latteclip.pretrain import load_pixels
     if int(n) < 1: raise LatteError(f"The number of descriptions per class must be at least 1, not {n}.")
     ds = _imageset(data)
-    if not ds.has_labels: raise LatteError("Descriptions from captions need labelled images: pass a folder with one sub-folder per class.")
+    if not ds.has_labels:
+        raise LatteError("Descriptions from captions need labelled images: "
+                         "pass a folder with one sub-folder per class.")
     lab = np.asarray(ds.labels)
     idx = np.concatenate([np.flatnonzero(lab == k)[:per_class] for k in range(len(ds.classes))])
     w = [words(m, i) for m in [measure(load_pixels(ds.subset(idx.tolist()), size))] for i in range(len(idx))]
@@ -241,15 +263,18 @@ def descriptors_from_captions(data, # the pre-training images: a labelled folder
         if not counts: continue                                   # a class without images has no description
         top = sorted(counts, key=lambda t: (-counts[t], tuple(v or "" for v in t)))[:int(n) - 1]
         out[name] = [caption(name)] + [caption(name, None, *t) for t in top]
-    src = getattr(getattr(ds, "reader", None), "path", None) or getattr(getattr(ds, "reader", None), "root", None) or ds.name
+    reader = getattr(ds, "reader", None)
+    src = getattr(reader, "path", None) or getattr(reader, "root", None) or ds.name
     return Descriptors(out, f"descriptors_from_captions({Path(str(src)).name}, n={n}, per_class={per_class})")
 
 def save_descriptors(d:dict, # class name -> sentences (a `Descriptors` keeps its `source`)
                      path, source:str|None=None)->Path:
     "Write `{\"source\": ..., \"classes\": {name: [sentences]}}` as indented JSON."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     src = source if source is not None else getattr(d, "source", "")
-    path.write_text(json.dumps({"source": src, "classes": {c: list(v) for c, v in d.items()}}, indent=1, ensure_ascii=False) + "\n")
+    path.write_text(json.dumps({"source": src, "classes": {c: list(v) for c, v in d.items()}}, indent=1,
+                               ensure_ascii=False) + "\n")
     return path
 
 # %% ../nbs/19_descriptors.ipynb 29
@@ -260,12 +285,18 @@ def _norm(name:str)->str: return str(name).strip().replace("_", " ").lower()
 def read_descriptors(path)->Descriptors:
     "A descriptor JSON file `{\"source\": ..., \"classes\": {name: [sentences]}}`; a `LatteError` when it is not one."
     path = Path(path).expanduser()
-    if not path.is_file(): raise LatteError(f"The descriptor file {path} does not exist: pass an existing JSON file, \"shipped\", or a causal LM id or folder.")
+    if not path.is_file():
+        raise LatteError(f"The descriptor file {path} does not exist: pass an existing JSON file, \"shipped\", or a "
+                         "causal LM id or folder.")
     try: obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise LatteError(f"The descriptor file {path} is not valid JSON ({e}): fix or replace it.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LatteError(f"The descriptor file {path} is not valid JSON ({e}): fix or replace it.") from None
     cls = obj.get("classes") if isinstance(obj, dict) else None
-    if not isinstance(cls, dict) or not cls or not all(isinstance(v, list) and v and all(isinstance(s, str) and s.strip() for s in v) for v in cls.values()):
-        raise LatteError(f"The descriptor file {path} needs the shape {{\"classes\": {{name: [sentence, ...]}}}} with at least one non-empty sentence per class.")
+    if (not isinstance(cls, dict) or not cls
+            or not all(isinstance(v, list) and v and all(isinstance(s, str) and s.strip() for s in v)
+                       for v in cls.values())):
+        raise LatteError(f"The descriptor file {path} needs the shape {{\"classes\": {{name: [sentence, ...]}}}} with "
+                         "at least one non-empty sentence per class.")
     return Descriptors({c: [s.strip() for s in v] for c, v in cls.items()}, str(obj.get("source") or path.name))
 
 def _select(d:Descriptors, classes:list|None, what:str)->Descriptors:
@@ -273,19 +304,23 @@ def _select(d:Descriptors, classes:list|None, what:str)->Descriptors:
     by_norm = {_norm(c): v for c, v in d.items()}
     missing = [c for c in classes if c not in d and _norm(c) not in by_norm]
     if missing:
-        raise LatteError(f"{what} has no descriptions of {', '.join(map(repr, missing))}: pass a causal LM id or folder "
-                         "(e.g. --descriptors Qwen/Qwen2.5-0.5B-Instruct) or a JSON file {\"classes\": {name: [sentences]}} that covers every class.")
-    return Descriptors({c: list(d[c] if c in d else by_norm[_norm(c)]) for c in classes}, d.source, d.calls, d.fallbacks)
+        raise LatteError(f"{what} has no descriptions of {', '.join(map(repr, missing))}: pass a causal LM id or "
+                         "folder (e.g. --descriptors Qwen/Qwen2.5-0.5B-Instruct) or a JSON file "
+                         "{\"classes\": {name: [sentences]}} that covers every class.")
+    return Descriptors({c: list(d[c] if c in d else by_norm[_norm(c)]) for c in classes},
+                       d.source, d.calls, d.fallbacks)
 
 def load_descriptors(spec:str="shipped", # "shipped", a .json file, or a causal LM Hub id / folder
-                     classes:list|None=None, # the classes needed (in this order); None: all of a file's (required for a model)
+                     # the classes needed (in this order); None: all of a file's (required for a model)
+                     classes:list|None=None,
                      cache:TextCache|str|None=None, # the text cache for a model's descriptions
                      n:int|None=None, # descriptions per class for a model; None: the describer's default (8)
                      **llm, # more options of `LLMDescriber` (dtype, device, batch_size, prompt, ...)
                     )->Descriptors:
     "The descriptions of `classes` from `spec`; a `LatteError` naming the classes a file lacks."
     spec = "shipped" if spec in (None, "") else str(spec)
-    if spec == "shipped": return _select(read_descriptors(asset(SHIPPED)), classes, "The shipped descriptor file (CIFAR-10 classes only)")
+    if spec == "shipped":
+        return _select(read_descriptors(asset(SHIPPED)), classes, "The shipped descriptor file (CIFAR-10 classes only)")
     if spec.lower().endswith(".json") or Path(spec).expanduser().is_file():
         return _select(read_descriptors(spec), classes, f"The descriptor file {spec}")
     if classes is None: raise LatteError("Descriptions from a language model need the class names: pass classes.")
@@ -300,7 +335,8 @@ def descriptor_classifier(clip, # a `Clip` from `load_clip`
     "The class embeddings `(C, D)`: per class, the re-normalised mean of its descriptions' normalised text features."
     import torch, torch.nn.functional as F
     missing = [c for c in classes if not descriptors.get(c)]
-    if missing: raise LatteError(f"No descriptions of {', '.join(map(repr, missing))}: pass descriptions for every class.")
+    if missing:
+        raise LatteError(f"No descriptions of {', '.join(map(repr, missing))}: pass descriptions for every class.")
     texts = [s for c in classes for s in descriptors[c]]
     f = encode_texts(clip, texts)
     ends = np.cumsum([0] + [len(descriptors[c]) for c in classes])

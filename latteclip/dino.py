@@ -33,7 +33,8 @@ class SSLModel:
     "A frozen self-supervised backbone: `encode(pixels)` maps uint8 images `(N, H, W, 3)` to features `(N, dim)`."
     def __init__(self, net, name:str, size:int, mean, std, kind:str, device):
         self.net, self.name, self.size, self.kind, self.device = net.to(device).eval(), name, size, kind, device
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1).to(device); self.std = torch.tensor(std).view(1, 3, 1, 1).to(device)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1).to(device)
+        self.std = torch.tensor(std).view(1, 3, 1, 1).to(device)
         for p in self.net.parameters(): p.requires_grad_(False)
     @property
     def dim(self)->int:
@@ -50,23 +51,29 @@ class SSLModel:
         px, out = torch.as_tensor(pixels), []
         for i in (progress(range(0, len(px), batch_size), desc=desc) if desc else range(0, len(px), batch_size)):
             x = px[i:i + batch_size].to(self.device).permute(0, 3, 1, 2).float() / 255.
-            if x.shape[-1] != self.size: x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False).clamp(0, 1)
+            if x.shape[-1] != self.size:
+                x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False).clamp(0, 1)
             out.append(F.normalize(self.features(x).float(), dim=-1).cpu())
         return torch.cat(out)
     def __repr__(self): return f"SSLModel({self.name}, {self.kind}, {self.size}px)"
 
 # %% ../nbs/06_dino.ipynb 5
-def load_ssl(name:str=DINO_TINY, # "latteclip-dino-tiny", a timm name (`timm:` optional), a transformers id (`hf:` optional) or a local folder
-             weights:str=None, # for latteclip-dino-tiny: "random", a .safetensors file, or None for the shipped weights
-             device=None)->SSLModel:
+def load_ssl(
+    # "latteclip-dino-tiny", a timm name (`timm:` optional), a transformers id (`hf:` optional) or a local folder
+    name:str=DINO_TINY,
+    weights:str=None, # for latteclip-dino-tiny: "random", a .safetensors file, or None for the shipped weights
+    device=None)->SSLModel:
     "Load a frozen self-supervised vision model by name, or say in one sentence why it cannot be loaded."
     device = torch.device(device) if device else default_device()
     if name == DINO_TINY:
         net = tiny_vit()
         if weights != "random":
             f = Path(weights) if weights else ASSETS / f"{DINO_TINY}.safetensors"
-            if not f.exists(): raise LatteError(f"No weights for {DINO_TINY} at {f}: run `latteclip pretrain-dino` or pass --ssl-weights random.")
-            if f.suffix != ".safetensors": raise LatteError(f"--ssl-weights {f} is not a .safetensors file; only safetensors weights are loaded.")
+            if not f.exists():
+                raise LatteError(f"No weights for {DINO_TINY} at {f}: run `latteclip pretrain-dino` or pass "
+                                 "--ssl-weights random.")
+            if f.suffix != ".safetensors":
+                raise LatteError(f"--ssl-weights {f} is not a .safetensors file; only safetensors weights are loaded.")
             net.load_state_dict({k: v.float() for k, v in load_file(str(f)).items()})
         return SSLModel(net, name, DINO_CFG["img_size"], DINO_CFG["mean"], DINO_CFG["std"], "timm", device)
     from latteclip.vlm import _offline, _first_line
@@ -79,18 +86,24 @@ def load_ssl(name:str=DINO_TINY, # "latteclip-dino-tiny", a timm name (`timm:` o
             proc = AutoImageProcessor.from_pretrained(src, local_files_only=_offline())
             net = AutoModel.from_pretrained(src, local_files_only=_offline())
         except Exception as e:
-            raise LatteError(f"Could not load the transformers model {src!r} ({_first_line(e)}); without a network pass a folder written by save_pretrained.") from None
-        size = proc.crop_size["height"] if getattr(proc, "crop_size", None) else proc.size.get("shortest_edge", proc.size.get("height"))
+            raise LatteError(f"Could not load the transformers model {src!r} ({_first_line(e)}); without a network "
+                             "pass a folder written by save_pretrained.") from None
+        size = (proc.crop_size["height"] if getattr(proc, "crop_size", None)
+                else proc.size.get("shortest_edge", proc.size.get("height")))
         return SSLModel(net, name, int(size), proc.image_mean, proc.image_std, "transformers", device)
     import timm
     arch = name[5:] if name.startswith("timm:") else name
-    if not timm.list_models(arch.split(".")[0]) : raise LatteError(f"{arch!r} is neither a timm model nor a transformers id: try vit_small_patch16_224.dino or facebook/dinov2-small.")
+    if not timm.list_models(arch.split(".")[0]):
+        raise LatteError(f"{arch!r} is neither a timm model nor a transformers id: try vit_small_patch16_224.dino or "
+                         "facebook/dinov2-small.")
     if not _offline():
         from latteclip.vlm import _hub_knows
-        _hub_knows(f"timm/{arch}")                                            # one request: fails in seconds without a network
+        # one request: fails in seconds without a network
+        _hub_knows(f"timm/{arch}")
     try: net = timm.create_model(arch, pretrained=True, num_classes=0)
     except Exception as e:
-        raise LatteError(f"Could not load the pretrained timm model {arch!r} ({_first_line(e)}); without a network use {DINO_TINY}.") from None
+        raise LatteError(f"Could not load the pretrained timm model {arch!r} ({_first_line(e)}); without a network use "
+                         f"{DINO_TINY}.") from None
     dc = timm.data.resolve_data_config({}, model=net)
     return SSLModel(net, name, int(dc["input_size"][-1]), dc["mean"], dc["std"], "timm", device)
 
@@ -102,16 +115,20 @@ def random_crops(x:torch.Tensor, # float (B, 3, H, W)
     B, _, H, W = x.shape
     area = torch.empty(B).uniform_(*scale, generator=g) * H * W
     r = torch.exp(torch.empty(B).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g))
-    w = (area * r).sqrt().clamp(1, W); h = (area / r).sqrt().clamp(1, H)
-    x0 = torch.rand(B, generator=g) * (W - w); y0 = torch.rand(B, generator=g) * (H - h)
+    w = (area * r).sqrt().clamp(1, W)
+    h = (area / r).sqrt().clamp(1, H)
+    x0 = torch.rand(B, generator=g) * (W - w)
+    y0 = torch.rand(B, generator=g) * (H - h)
     boxes = torch.stack([torch.arange(B).float(), x0, y0, x0 + w, y0 + h], 1).to(x)
     out = roi_align(x, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
     flip = (torch.rand(B, generator=g) < 0.5).to(x.device)
     return torch.where(flip.view(B, 1, 1, 1), out.flip(-1), out)
 
-def colour(x:torch.Tensor, g:torch.Generator, p_jitter:float=0.8, strength:float=0.4, p_gray:float=0.2, p_solarize:float=0.)->torch.Tensor:
+def colour(x:torch.Tensor, g:torch.Generator, p_jitter:float=0.8, strength:float=0.4, p_gray:float=0.2,
+           p_solarize:float=0.)->torch.Tensor:
     "Per-image brightness/contrast/saturation jitter, random grayscale and solarisation of float images in [0, 1]."
-    B = len(x); u = lambda: torch.empty(B, 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=g).to(x)
+    B = len(x)
+    u = lambda: torch.empty(B, 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=g).to(x)
     on = (torch.rand(B, 1, 1, 1, generator=g) < p_jitter).to(x.device)
     gray = lambda t: (0.299 * t[:, :1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:]).expand_as(t)
     y = x * u()                                                                  # brightness
@@ -119,14 +136,16 @@ def colour(x:torch.Tensor, g:torch.Generator, p_jitter:float=0.8, strength:float
     y = (y - gray(y)) * u() + gray(y)                                            # saturation
     x = torch.where(on, y.clamp(0, 1), x)
     x = torch.where((torch.rand(B, 1, 1, 1, generator=g) < p_gray).to(x.device), gray(x), x)
-    if p_solarize: x = torch.where(((torch.rand(B, 1, 1, 1, generator=g) < p_solarize).to(x.device)) & (x >= 0.5), 1 - x, x)
+    if p_solarize:
+        x = torch.where(((torch.rand(B, 1, 1, 1, generator=g) < p_solarize).to(x.device)) & (x >= 0.5), 1 - x, x)
     return x
 
 def multicrop(pixels:torch.Tensor, # uint8 (B, H, W, 3)
               g:torch.Generator, n_local:int=2, size:int=32, local_size:int=16)->list:
     "DINO's views of a batch: `[global1, global2, local1, ...]`, float (B, 3, s, s) in [0, 1]."
     x = pixels.permute(0, 3, 1, 2).float() / 255.
-    views = [colour(random_crops(x, size, (0.35, 1.), g), g), colour(random_crops(x, size, (0.35, 1.), g), g, p_solarize=0.2)]
+    views = [colour(random_crops(x, size, (0.35, 1.), g), g),
+             colour(random_crops(x, size, (0.35, 1.), g), g, p_solarize=0.2)]
     return views + [colour(random_crops(x, local_size, (0.1, 0.35), g), g) for _ in range(n_local)]
 
 # %% ../nbs/06_dino.ipynb 9
@@ -134,9 +153,11 @@ class DINOHead(nn.Module):
     "MLP -> L2-normalised bottleneck -> weight-normalised prototypes (DINO's projection head)."
     def __init__(self, dim:int, out_dim:int=1024, hidden:int=512, bottleneck:int=128):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, bottleneck))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
         self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
-        self.last.parametrizations.weight.original0.data.fill_(1.); self.last.parametrizations.weight.original0.requires_grad_(False)
+        self.last.parametrizations.weight.original0.data.fill_(1.)
+        self.last.parametrizations.weight.original0.requires_grad_(False)
     def forward(self, x): return self.last(F.normalize(self.mlp(x), dim=-1))
 
 def dino_loss(student:list, # per view: (B, K) student logits, global views first
@@ -159,7 +180,8 @@ def knn_top1(bank:torch.Tensor, bank_labels, query:torch.Tensor, query_labels, k
              n_classes:int=None, chunk:int=1000)->float:
     "Top-1 (%) of DINO's weighted k-NN classifier; features L2-normalised."
     bl, ql = torch.as_tensor(bank_labels), torch.as_tensor(query_labels)
-    C = n_classes or int(max(bl.max(), ql.max())) + 1; right = 0
+    C = n_classes or int(max(bl.max(), ql.max())) + 1
+    right = 0
     for i in range(0, len(query), chunk):
         s, j = (query[i:i + chunk] @ bank.T).topk(k, dim=1)
         votes = torch.zeros(len(s), C).scatter_add_(1, bl[j], (s / T).exp())
@@ -167,26 +189,34 @@ def knn_top1(bank:torch.Tensor, bank_labels, query:torch.Tensor, query_labels, k
     return 100. * right / len(query)
 
 # %% ../nbs/06_dino.ipynb 13
-def pretrain_dino(data:str, # folder or .tar/.zip of the unlabeled pre-training images (sub-folders only for the k-NN check)
+def pretrain_dino(
+                  # folder or .tar/.zip of the unlabeled pre-training images (sub-folders only for the k-NN check)
+                  data:str,
                   out:str="runs/dino", epochs:int=10, batch_size:int=256, lr:float=1e-3, n_local:int=2,
                   out_dim:int=1024, momentum:float=0.99, seed:int=0, precision:str="auto",
                   target:str="embedded", # images for the final k-NN check (labels read only there); None: skip
                   per_class:int=None, # at most this many images per class (quick runs)
                   resume:bool=False, device=None, stop_after:int=None)->dict:
-    "Pre-train `latteclip-dino-tiny` with DINO on `data`; writes `out/latteclip-dino-tiny.safetensors` and `out/dino.json`."
-    from latteclip.pretrain import load_pixels, _bf16_ok
-    out = out_dir(out); seed_everything(seed)
+    ("Pre-train `latteclip-dino-tiny` with DINO on `data`; writes `out/latteclip-dino-tiny.safetensors` and "
+     "`out/dino.json`.")
+    from latteclip.pretrain import load_pixels, save_epoch, _bf16_ok
+    out = out_dir(out)
+    seed_everything(seed)
     device = torch.device(device) if device else default_device()
     ds = open_data(data, verify=False)
-    lab = np.array(ds.labels) if ds.has_labels else np.zeros(len(ds), int); rng = np.random.default_rng(seed)
+    lab = np.array(ds.labels) if ds.has_labels else np.zeros(len(ds), int)
+    rng = np.random.default_rng(seed)
     val_idx, tr_idx = [], []
     for k in np.unique(lab):
         idx = rng.permutation(np.flatnonzero(lab == k))
         nv = min(50, len(idx) // 10)                                         # held out for the k-NN curve
-        val_idx += list(idx[:nv]); tr_idx += list(idx[nv:][:per_class])
+        val_idx += list(idx[:nv])
+        tr_idx += list(idx[nv:][:per_class])
     cache = out / "pixels.npy"
     if cache.exists() and resume: pixels = np.load(cache)
-    else: pixels = load_pixels(ds, DINO_CFG["img_size"]); np.save(cache, pixels)
+    else:
+        pixels = load_pixels(ds, DINO_CFG["img_size"])
+        np.save(cache, pixels)
     tr_px, va_px = torch.from_numpy(pixels[tr_idx]), pixels[val_idx]
     bank_idx = rng.permutation(len(tr_idx))[:5000]
     student = nn.Sequential(tiny_vit(), DINOHead(DINO_CFG["embed_dim"], out_dim)).to(device)
@@ -196,28 +226,34 @@ def pretrain_dino(data:str, # folder or .tar/.zip of the unlabeled pre-training 
     for p in teacher.parameters(): p.requires_grad_(False)
     norm = lambda v: (v.to(device) - ssl.mean) / ssl.std
     steps = len(tr_idx) // batch_size
-    if steps == 0: raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
+    if steps == 0:
+        raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
     total = epochs * steps
     decay = [p for n, p in student.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in student.named_parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.}], lr=lr)
     center = torch.zeros(1, out_dim, device=device)
     use_bf16 = precision == "bf16" or (precision == "auto" and _bf16_ok(device))
-    log = dict(config=dict(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, n_local=n_local, out_dim=out_dim,
-                           momentum=momentum, n_train=len(tr_idx), n_val=len(val_idx), seed=seed, bf16=use_bf16,
-                           model=DINO_CFG), epochs=[])
+    log = dict(config=dict(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, n_local=n_local,
+                           out_dim=out_dim, momentum=momentum, n_train=len(tr_idx), n_val=len(val_idx), seed=seed,
+                           bf16=use_bf16, model=DINO_CFG), epochs=[])
     ck, st, start = out / "checkpoint.safetensors", out / "state.pt", 0
     if resume and ck.exists() and st.exists():
         w = load_file(str(ck))
         student.load_state_dict({k[2:]: v for k, v in w.items() if k.startswith("s.")})
         teacher.load_state_dict({k[2:]: v for k, v in w.items() if k.startswith("t.")})
-        s = torch.load(st, weights_only=True); opt.load_state_dict(s["opt"]); center = s["center"].to(device); start = s["epoch"]
+        s = torch.load(st, weights_only=True)
+        opt.load_state_dict(s["opt"])
+        center = s["center"].to(device)
+        start = s["epoch"]
         log = json.loads((out / "dino.json").read_text())
     def knn_val():
-        f_bank = ssl.encode(tr_px[bank_idx]); f_val = ssl.encode(va_px)
+        f_bank = ssl.encode(tr_px[bank_idx])
+        f_val = ssl.encode(va_px)
         return knn_top1(f_bank, lab[tr_idx][bank_idx], f_val, lab[val_idx])
     for epoch in range(start, epochs):
-        student.train(); t0, losses = time.time(), []
+        student.train()
+        t0, losses = time.time(), []
         g = generator(seed * 1000 + epoch)
         perm = torch.randperm(len(tr_idx), generator=g)[:steps * batch_size].view(steps, batch_size)
         bar = progress(perm, desc=f"epoch {epoch + 1}/{epochs}")
@@ -227,38 +263,51 @@ def pretrain_dino(data:str, # folder or .tar/.zip of the unlabeled pre-training 
                 for j, pg in enumerate(opt.param_groups):
                     pg["lr"] = cosine(it, total, lr * batch_size / 256, 1e-6, warmup=steps)
                     if j == 0: pg["weight_decay"] = cosine(it, total, 0.04, 0.4)
-                views = [norm(v) for v in multicrop(tr_px[b].to(device), g, n_local)]   # crops on the device, random draws on the CPU
+                # crops on the device, random draws on the CPU
+                views = [norm(v) for v in multicrop(tr_px[b].to(device), g, n_local)]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     with torch.no_grad(): t_out = teacher(torch.cat(views[:2])).float().chunk(2)
                     s_out = list(student(torch.cat(views[:2])).float().chunk(2))
                     if n_local: s_out += list(student(torch.cat(views[2:])).float().chunk(n_local))
                     loss = dino_loss(s_out, t_out, center)
-                if not torch.isfinite(loss): raise LatteError(f"The DINO loss became {loss.item()} in epoch {epoch + 1}: lower --lr; the last good checkpoint is in {out}.")
-                opt.zero_grad(set_to_none=True); loss.backward()
-                nn.utils.clip_grad_norm_(student.parameters(), 3.0); opt.step()
+                if not torch.isfinite(loss):
+                    raise LatteError(f"The DINO loss became {loss.item()} in epoch {epoch + 1}: lower --lr; the last "
+                                     f"good checkpoint is in {out}.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(student.parameters(), 3.0)
+                opt.step()
                 with torch.no_grad():
                     m = cosine(it, total, momentum, 1.0)
-                    for pt, ps in zip(teacher.parameters(), student.parameters()): pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+                    for pt, ps in zip(teacher.parameters(), student.parameters()):
+                        pt.mul_(m).add_(ps.detach(), alpha=1 - m)
                     center.mul_(0.9).add_(torch.cat(t_out).mean(0, keepdim=True), alpha=0.1)
-                losses.append(loss.item()); bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-                if stop.signum: raise Interrupted(f"DINO pre-training stopped in epoch {epoch + 1}; the checkpoint of epoch {epoch} is in {out}: add --resume to go on.")
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+                if stop.signum:
+                    raise Interrupted(f"DINO pre-training stopped in epoch {epoch + 1}; the checkpoint of epoch "
+                                      f"{epoch} is in {out}: add --resume to go on.")
         val = knn_val()
         log["epochs"].append(dict(epoch=epoch + 1, loss=float(np.mean(losses)), knn_val_top1=round(val, 2),
                                   seconds=round(time.time() - t0, 1), lr=opt.param_groups[0]["lr"]))
-        print(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}, held-out k-NN {val:.1f}%, {time.time() - t0:.0f}s", flush=True)
-        w = {f"s.{k}": v for k, v in student.state_dict().items()} | {f"t.{k}": v for k, v in teacher.state_dict().items()}
-        save_file({k: v.contiguous() for k, v in w.items()}, str(ck) + ".tmp"); os.replace(str(ck) + ".tmp", ck)
-        torch_save(dict(opt=opt.state_dict(), center=center.cpu(), epoch=epoch + 1), str(st) + ".tmp"); os.replace(str(st) + ".tmp", st)
-        write_json(log, out / "dino.json")
-        if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
-            print(f"stopped after epoch {epoch + 1}: continue with resume=True (--resume)"); return log
-    log["seconds"] = round(sum(e["seconds"] for e in log["epochs"]), 1); log["peak_rss_mb"] = peak_rss_mb()
+        print(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}, held-out k-NN {val:.1f}%, "
+              f"{time.time() - t0:.0f}s", flush=True)
+        w = ({f"s.{k}": v for k, v in student.state_dict().items()}
+             | {f"t.{k}": v for k, v in teacher.state_dict().items()})
+        state = dict(opt=opt.state_dict(), center=center.cpu(), epoch=epoch + 1)
+        if save_epoch(out, log, "dino.json", {k: v.contiguous() for k, v in w.items()}, state, epoch, epochs,
+                      stop_after):
+            return log
+    log["seconds"] = round(sum(e["seconds"] for e in log["epochs"]), 1)
+    log["peak_rss_mb"] = peak_rss_mb()
     final = out / f"{DINO_TINY}.safetensors"
-    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in teacher[0].state_dict().items()}, str(final) + ".tmp",
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in teacher[0].state_dict().items()},
+              str(final) + ".tmp",
               metadata={"model": DINO_TINY, "epochs": str(epochs), "seed": str(seed), "method": "DINO"})
     os.replace(str(final) + ".tmp", final)                     # a full disk leaves no half weights file
     log["weights"], log["weights_mb"] = str(final), round(final.stat().st_size / 2**20, 2)
-    if target is not None: log.update(knn_report(load_ssl(DINO_TINY, weights=str(final), device=device), data, target, per_class))
+    if target is not None:
+        log.update(knn_report(load_ssl(DINO_TINY, weights=str(final), device=device), data, target, per_class))
     write_json(log, out / "dino.json")
     return log
 
@@ -267,7 +316,10 @@ def knn_report(ssl:SSLModel, bank_data:str, target:str="embedded", per_class:int
     from latteclip.pretrain import load_pixels
     bank_ds, tgt = open_data(bank_data, verify=False), open_data(target, verify=False)
     if not (bank_ds.has_labels and tgt.has_labels): return {}
-    bank_lab = np.array(bank_ds.labels); keep = np.arange(len(bank_ds))
+    bank_lab = np.array(bank_ds.labels)
+    keep = np.arange(len(bank_ds))
     if per_class: keep = np.concatenate([np.flatnonzero(bank_lab == c)[:per_class] for c in np.unique(bank_lab)])
-    fb = ssl.encode(load_pixels(bank_ds, ssl.size)[keep], desc="k-NN bank"); ft = ssl.encode(load_pixels(tgt, ssl.size), desc="k-NN target")
-    return dict(knn_k=k, knn_bank=len(keep), knn_target=len(tgt), knn_target_top1=round(knn_top1(fb, bank_lab[keep], ft, tgt.labels, k=k), 2))
+    fb = ssl.encode(load_pixels(bank_ds, ssl.size)[keep], desc="k-NN bank")
+    ft = ssl.encode(load_pixels(tgt, ssl.size), desc="k-NN target")
+    return dict(knn_k=k, knn_bank=len(keep), knn_target=len(tgt),
+                knn_target_top1=round(knn_top1(fb, bank_lab[keep], ft, tgt.labels, k=k), 2))

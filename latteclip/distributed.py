@@ -18,7 +18,8 @@ def rank()->int:
     return int(os.environ.get("RANK", "0"))
 
 def process_group(device=None):
-    "accelerate's `PartialState` (the process group, set up on first use: gloo on CPU, NCCL on GPUs) when launched with several processes; else None."
+    ("accelerate's `PartialState` (the process group, set up on first use: gloo on CPU, NCCL on GPUs) when launched "
+     "with several processes; else None.")
     if world_size() < 2: return None
     from accelerate import PartialState
     if device is None: cpu = not torch.cuda.is_available()
@@ -28,13 +29,16 @@ def process_group(device=None):
 def resolve_precision(precision:str, device)->str:
     "`auto`/`bf16`/`fp16`/`fp32` (or accelerate's `no`) -> the precision to train in: `bf16`, `fp16` or `fp32`."
     from latteclip.pretrain import _bf16_ok
-    env = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")            # `accelerate launch --mixed_precision bf16|fp16`
+    # `accelerate launch --mixed_precision bf16|fp16`
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     p = {"no": "fp32"}.get(precision, precision)
     if p == "auto" and env in ("bf16", "fp16"): p = env
     if p == "auto": p = "bf16" if _bf16_ok(torch.device(device)) else "fp32"
-    if p not in ("bf16", "fp16", "fp32"): raise LatteError(f"Unknown precision {precision}: use auto, bf16, fp16 or fp32 (no).")
+    if p not in ("bf16", "fp16", "fp32"):
+        raise LatteError(f"Unknown precision {precision}: use auto, bf16, fp16 or fp32 (no).")
     if p == "fp16" and torch.device(device).type != "cuda":
-        raise LatteError("fp16 mixed precision needs a CUDA GPU (its loss scaling is GPU-only); use bf16 or fp32 on this device.")
+        raise LatteError("fp16 mixed precision needs a CUDA GPU (its loss scaling is GPU-only); use bf16 or fp32 on "
+                         "this device.")
     return p
 
 # %% auto 0
@@ -42,7 +46,8 @@ __all__ = ['world_size', 'rank', 'process_group', 'resolve_precision', 'Dist', '
 
 # %% ../nbs/08_distributed.ipynb 4
 class Dist:
-    "The process group as the training loops see it: plain PyTorch in one process, accelerate's `Accelerator` (DDP, loss scaling, accumulation) otherwise."
+    ("The process group as the training loops see it: plain PyTorch in one process, accelerate's `Accelerator` (DDP, "
+     "loss scaling, accumulation) otherwise.")
     def __init__(self, device, # the device this process trains on
                  precision:str="auto", # auto, bf16, fp16, fp32 (see `resolve_precision`)
                  grad_accum:int=1, # micro-batches per optimizer step
@@ -55,21 +60,26 @@ class Dist:
             from accelerate import Accelerator
             from accelerate.utils import DistributedDataParallelKwargs
             process_group(self.device)
-            self.acc = Accelerator(cpu=self.device.type == "cpu", mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
+            self.acc = Accelerator(cpu=self.device.type == "cpu",
+                                   mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
                                    gradient_accumulation_steps=grad_accum, device_placement=False,
                                    kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
             self.world, self.rank = self.acc.num_processes, self.acc.process_index
     @property
     def is_main(self)->bool: return self.rank == 0
-    def __repr__(self): return f"Dist(world={self.world}, rank={self.rank}, precision={self.precision}, grad_accum={self.grad_accum}, device={self.device})"
+    def __repr__(self):
+        return (f"Dist(world={self.world}, rank={self.rank}, precision={self.precision}, grad_accum={self.grad_accum}, "
+                f"device={self.device})")
 
     def check_batch(self, batch_size:int):
         "Refuse a global batch that the processes and micro-batches cannot split evenly."
         if batch_size % (self.world * self.grad_accum):
-            raise LatteError(f"--batch-size {batch_size} must be a multiple of processes x --grad-accum = {self.world} x {self.grad_accum}.")
+            raise LatteError(f"--batch-size {batch_size} must be a multiple of processes x --grad-accum = {self.world} "
+                             f"x {self.grad_accum}.")
 
     def prepare(self, module:torch.nn.Module, opt:torch.optim.Optimizer)->tuple:
-        "`(module, optimizer)` ready to train: DDP-wrapped and loss-scaled where needed, untouched in one plain process."
+        ("`(module, optimizer)` ready to train: DDP-wrapped and loss-scaled where needed, untouched in one plain "
+         "process.")
         if self.acc is None: return module, opt
         return self.acc.prepare_model(module), self.acc.prepare_optimizer(opt)
 
@@ -80,7 +90,8 @@ class Dist:
 
     def micro(self, idx:torch.Tensor)->list:
         "The slices of a global batch (indices into it) that this process trains on, one per micro-batch."
-        b = len(idx) // self.grad_accum; s = b // self.world
+        b = len(idx) // self.grad_accum
+        s = b // self.world
         return [torch.arange(j * b + self.rank * s, j * b + (self.rank + 1) * s) for j in range(self.grad_accum)]
 
     def sync(self, module, last:bool):
@@ -98,11 +109,14 @@ class Dist:
         return self.acc is not None and self.acc.optimizer_step_was_skipped
 
     def gather_grad(self, x:torch.Tensor)->torch.Tensor:
-        "Every process's `x`, concatenated in rank order; gradients flow back to each process's own part (a no-op in one process)."
+        ("Every process's `x`, concatenated in rank order; gradients flow back to each process's own part (a no-op in "
+         "one process).")
         if self.world < 2: return x
-        from torch.distributed.nn.functional import all_gather              # public and differentiable; torch 2.10+ flags it in favour
-        with warnings.catch_warnings():                                     # of a private module, so the warning is silenced here
-            warnings.simplefilter("ignore", FutureWarning); return torch.cat(all_gather(x.contiguous()))
+        # public and differentiable; torch 2.10+ flags it in favour of a private module, so the warning is silenced
+        from torch.distributed.nn.functional import all_gather
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(all_gather(x.contiguous()))
 
     def gather(self, x:torch.Tensor)->torch.Tensor:
         "Every process's `x` (no gradient), concatenated in rank order."
@@ -115,8 +129,11 @@ class Dist:
         return float(self.acc.reduce(torch.tensor([float(v)], device=self.device), "mean"))
 
     def stop(self, stop)->bool:
-        "Share a `StopRequest` among the processes: when any received SIGINT/SIGTERM, every one's `stop` is set (to SIGTERM if it got none), so all stop at the same step."
-        if self.world > 1 and self.acc.reduce(torch.tensor([1. if stop else 0.], device=self.device), "sum").item() > 0 and not stop:
+        ("Share a `StopRequest` among the processes: when any received SIGINT/SIGTERM, every one's `stop` is set (to "
+         "SIGTERM if it got none), so all stop at the same step.")
+        if (self.world > 1
+                and self.acc.reduce(torch.tensor([1. if stop else 0.], device=self.device), "sum").item() > 0
+                and not stop):
             stop.signum = signal.SIGTERM
         return bool(stop)
 
@@ -127,7 +144,9 @@ class Dist:
 # %% ../nbs/08_distributed.ipynb 6
 def free_port()->int:
     "A TCP port nobody listens on, for the processes' rendezvous."
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 def launch(argv:list, # the `latteclip` arguments each process runs (e.g. `["run", "--epochs", "2"]`)
            num_processes:int, # processes on this machine (GPUs, or CPU processes with gloo)
@@ -137,16 +156,22 @@ def launch(argv:list, # the `latteclip` arguments each process runs (e.g. `["run
     from accelerate.commands.launch import launch_command_parser, launch_command
     if num_processes < 2: raise LatteError("--num-processes must be at least 2 to launch (1 runs in this process).")
     if torch.cuda.is_available() and torch.cuda.device_count() < num_processes:
-        raise LatteError(f"--num-processes {num_processes} needs as many GPUs; this machine has {torch.cuda.device_count()}.")
+        raise LatteError(f"--num-processes {num_processes} needs as many GPUs; this machine has "
+                         f"{torch.cuda.device_count()}.")
     args = ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), "--mixed_precision", mixed_precision or "no", "-m", "latteclip", *argv]
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")   # the processes' C++ warnings (DDP's note on find_unused_parameters, which
-                                                             # is on because a model may hold parameters a loss never uses)
+            "--main_process_port", str(free_port()), "--mixed_precision", mixed_precision or "no",
+            "-m", "latteclip", *argv]
+    # the processes' C++ warnings (DDP's note on find_unused_parameters, which
+    # is on because a model may hold parameters a loss never uses)
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try: launch_command(launch_command_parser().parse_args(args))
     except SystemExit as e: return int(e.code or 0)
-    except Exception as e:                                                    # a process failed: its own message is above
-        codes = [getattr(f, "exitcode", None) for f in getattr(e, "failures", {}).values()] + [getattr(e, "returncode", None)]
+    # a process failed: its own message is above
+    except Exception as e:
+        codes = ([getattr(f, "exitcode", None) for f in getattr(e, "failures", {}).values()]
+                 + [getattr(e, "returncode", None)])
         code = next((c for c in codes if isinstance(c, int) and c > 0), 1)
-        print(f"latteclip: {num_processes} processes: one stopped with exit code {code} (its message is above).", file=sys.stderr)
+        print(f"latteclip: {num_processes} processes: one stopped with exit code {code} (its message is above).",
+              file=sys.stderr)
         return code
     return 0

@@ -34,7 +34,8 @@ def write_explore(out, ds, # the run's folder and its `ImageSet`
                   data=None, # the run's `--data`, so that `explore` can open the images again
                  ):
     "Write `out/explore.json` for `explore` (atomically; inside the run's `run_files`, with the run's other files)."
-    rec = dict(classes=list(ds.classes), keys=list(ds.keys), labels=list(map(int, ds.labels)) if ds.has_labels else None,
+    rec = dict(classes=list(ds.classes), keys=list(ds.keys),
+               labels=list(map(int, ds.labels)) if ds.has_labels else None,
                y_zs=[int(v) for v in y_zs], image_texts=list(texts.image_texts) if texts is not None else None,
                weights=np.round(weights, 4).tolist() if weights is not None else None, kinds=list(KINDS),
                preds_by_epoch=[[int(v) for v in p] for p in preds_by_epoch] if preds_by_epoch else None,
@@ -55,18 +56,23 @@ class Explorer:
             ds = open_data(r.get("data"), r["classes"] if r.get("data") else None, r.get("shift"))
         index = {k: i for i, k in enumerate(ds.keys)}
         missing = [k for k in r["keys"] if k not in index]
-        if missing: raise LatteError(f"{len(missing)} images of the run are not in the data given (e.g. {missing[0]}): pass the run's ImageSet as ds.")
+        if missing:
+            raise LatteError(f"{len(missing)} images of the run are not in the data given (e.g. {missing[0]}): pass "
+                             "the run's ImageSet as ds.")
         self.ds, self.rows, self.per_page = ds, [index[k] for k in r["keys"]], per_page
         self.n_epochs = len(r["preds_by_epoch"] or [])
         classes = ["(all classes)"] + r["classes"]
         self.cls = W.Dropdown(options=classes, description="class")
-        self.by = W.ToggleButtons(options=["pseudo-label", "true label"] if r["labels"] else ["pseudo-label"], description="class of")
+        self.by = W.ToggleButtons(options=["pseudo-label", "true label"] if r["labels"] else ["pseudo-label"],
+                                  description="class of")
         self.which = W.ToggleButtons(options=["all", "right", "wrong"] if r["labels"] else ["all"], description="show")
         self.epoch = W.IntSlider(value=self.n_epochs, min=0, max=self.n_epochs, description="epoch")   # 0: zero-shot
         self.page = W.IntSlider(value=0, min=0, max=0, description="page")
         self.summary, self.grid = W.HTML(), W.GridBox(layout=W.Layout(grid_template_columns="repeat(4, 1fr)"))
-        for w in (self.cls, self.by, self.which, self.epoch, self.page): w.observe(lambda _: self.refresh(), names="value")
-        self.widget = W.VBox([W.HBox([self.cls, self.by]), W.HBox([self.which, self.epoch]), self.page, self.summary, self.grid])
+        for w in (self.cls, self.by, self.which, self.epoch, self.page):
+            w.observe(lambda _: self.refresh(), names="value")
+        self.widget = W.VBox([W.HBox([self.cls, self.by]), W.HBox([self.which, self.epoch]), self.page, self.summary,
+                              self.grid])
         self.refresh()
 
     def prediction(self, epoch:int=None)->np.ndarray:
@@ -76,39 +82,50 @@ class Explorer:
 
     def selected(self)->np.ndarray:
         "Positions (in the run) of the images that pass the filters, in order."
-        r, pred = self.rec, self.prediction(); keep = np.ones(len(pred), bool)
+        r, pred = self.rec, self.prediction()
+        keep = np.ones(len(pred), bool)
         if self.cls.value != "(all classes)":
             c = r["classes"].index(self.cls.value)
             keep &= (np.asarray(r["labels"]) if self.by.value == "true label" else np.asarray(r["y_zs"])) == c
         if self.which.value != "all":
-            right = pred == np.asarray(r["labels"]); keep &= right if self.which.value == "right" else ~right
+            right = pred == np.asarray(r["labels"])
+            keep &= right if self.which.value == "right" else ~right
         return np.flatnonzero(keep)
 
     def card(self, j:int):
         "The widget of the j-th image of the run."
         import ipywidgets as W
         r, im = self.rec, self.ds.image(self.rows[j]).resize((96, 96))
-        b = io.BytesIO(); im.save(b, "PNG")
-        C = r["classes"]; pred = int(self.prediction()[j]); lab = r["labels"][j] if r["labels"] else None
+        b = io.BytesIO()
+        im.save(b, "PNG")
+        C = r["classes"]
+        pred = int(self.prediction()[j])
+        lab = r["labels"][j] if r["labels"] else None
         mark = "" if lab is None else (" &#10003;" if pred == lab else " &#10007;")
         lines = [f"<b>{C[pred]}</b>{mark} (epoch {self.epoch.value})", f"pseudo-label: {C[r['y_zs'][j]]}"]
         if lab is not None: lines.append(f"true: {C[lab]}")
-        if r["weights"]: lines.append("mixer: " + ", ".join(f"{k} {w:.3f}" for k, w in zip(r["kinds"], r["weights"][j])))
+        if r["weights"]:
+            lines.append("mixer: " + ", ".join(f"{k} {w:.3f}" for k, w in zip(r["kinds"], r["weights"][j])))
         if r["image_texts"]: lines.append(f"<i>{r['image_texts'][j]}</i>")
         return W.VBox([W.Image(value=b.getvalue(), format="png", width=96, height=96),
                        W.HTML("<div style='font-size:11px;line-height:1.25'>" + "<br>".join(lines) + "</div>")])
 
     def refresh(self):
         "Redraw the cards for the current filters, epoch and page."
-        sel = self.selected(); pages = max(1, -(-len(sel) // self.per_page))
+        sel = self.selected()
+        pages = max(1, -(-len(sel) // self.per_page))
         if self.page.max != pages - 1: self.page.max = pages - 1
         p = min(self.page.value, pages - 1)
         self.shown = sel[p * self.per_page:(p + 1) * self.per_page]
-        acc = "" if not self.rec["labels"] else f", top-1 at this epoch {100 * (self.prediction() == np.asarray(self.rec['labels'])).mean():.2f}%"
+        acc = ""
+        if self.rec["labels"]:
+            acc = f", top-1 at this epoch {100 * (self.prediction() == np.asarray(self.rec['labels'])).mean():.2f}%"
         self.summary.value = f"{len(sel)} of {len(self.rows)} images{acc}; page {p + 1} of {pages}"
         self.grid.children = [self.card(int(j)) for j in self.shown]
 
 def explore(run_dir, ds=None, per_page:int=12):
     "Show the explorer of a run folder in the notebook (returns the `Explorer`)."
     from IPython.display import display
-    e = Explorer(run_dir, ds, per_page); display(e.widget); return e
+    e = Explorer(run_dir, ds, per_page)
+    display(e.widget)
+    return e

@@ -41,21 +41,26 @@ def attention_rollout(clip, # a `Clip` whose vision tower is an open_clip ViT
     visual = clip.model.visual
     blocks = [m for m in getattr(visual, "transformer", nn.Module()).modules() if isinstance(m, nn.MultiheadAttention)]
     if not blocks or not hasattr(visual, "grid_size"):
-        raise LatteError("Attention rollout needs an open_clip vision transformer; this model's vision tower has no attention blocks.")
+        raise LatteError("Attention rollout needs an open_clip vision transformer; this model's vision tower has no "
+                         "attention blocks.")
     maps = []
     def ask(m, args, kw): return args, {**kw, "need_weights": True, "average_attn_weights": True}
     def keep(m, args, kw, out): maps.append(out[1].float())
-    hooks = [h for b in blocks for h in (b.register_forward_pre_hook(ask, with_kwargs=True), b.register_forward_hook(keep, with_kwargs=True))]
-    was = visual.training; visual.eval()
+    hooks = [h for b in blocks for h in (b.register_forward_pre_hook(ask, with_kwargs=True),
+                                         b.register_forward_hook(keep, with_kwargs=True))]
+    was = visual.training
+    visual.eval()
     try: clip.model.encode_image(x.to(next(visual.parameters()).device))
     finally:
         for h in hooks: h.remove()
         visual.train(was)
     gh, gw = visual.grid_size
-    L = maps[0].shape[-1]; prefix = L - gh * gw
+    L = maps[0].shape[-1]
+    prefix = L - gh * gw
     R = torch.eye(L).expand(len(x), L, L)
     for A in maps:
         A = residual * torch.eye(L) + (1 - residual) * A.cpu()
         R = (A / A.sum(-1, keepdim=True)) @ R
-    row = R[:, 0] if prefix else R.mean(1)                                             # class token, or the mean for avg-pool
+    # class token, or the mean for avg-pool
+    row = R[:, 0] if prefix else R.mean(1)
     return row[:, prefix:].reshape(len(x), gh, gw)

@@ -37,32 +37,39 @@ class Clip:
     def logit_scale(self)->float: return float(self.model.logit_scale.detach().exp().clamp(max=100))
     @property
     def image_size(self)->int:
-        s = self.model.visual.image_size; return s[0] if isinstance(s, (tuple, list)) else int(s)
+        s = self.model.visual.image_size
+        return s[0] if isinstance(s, (tuple, list)) else int(s)
     def __repr__(self):
         n = sum(p.numel() for p in self.model.parameters()) / 1e6
-        return f"Clip({self.name}, pretrained={self.pretrained}, {n:.1f}M parameters, {self.image_size}px, on {self.device})"
+        return (f"Clip({self.name}, pretrained={self.pretrained}, {n:.1f}M parameters, {self.image_size}px, on "
+                f"{self.device})")
 
 def _weights_reachable(model:str, tag:str):
     "Fail in seconds, with what to do, when the weights of an open_clip tag are neither cached nor downloadable."
     import open_clip, socket
     from urllib.parse import urlparse
-    cfg = open_clip.get_pretrained_cfg(model, tag); hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
     if hub:
         from huggingface_hub import try_to_load_from_cache
         repo, fn = os.path.split(hub)
-        if any(isinstance(try_to_load_from_cache(repo, n), str) for n in ([fn] if fn else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])): return
+        names = [fn] if fn else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names): return
         host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
     elif url:
         if (Path("~/.cache/clip").expanduser() / os.path.basename(url)).exists(): return
         host = urlparse(url).hostname
     else: return
-    how = f"download them where there is a network (they are then cached), or pass the checkpoint file with --pretrained PATH"
+    how = ("download them where there is a network (they are then cached), "
+           "or pass the checkpoint file with --pretrained PATH")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise LatteError(f"The weights of {model} ({tag}) are not in the local cache and HF_HUB_OFFLINE is set: {how}.")
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")): return   # only the proxy knows
+    # only the proxy knows
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")): return
     try: socket.create_connection((host, 443), timeout=5).close()
     except OSError as e:
-        raise LatteError(f"The weights of {model} ({tag}) are not in the local cache and {host} cannot be reached ({e}): {how}.") from None
+        raise LatteError(f"The weights of {model} ({tag}) are not in the local cache and {host} cannot be reached "
+                         f"({e}): {how}.") from None
 
 def _describe_pretrained(name, pretrained):
     import open_clip
@@ -78,12 +85,14 @@ def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32",
     register_tiny()
     device = torch.device(device) if device is not None else default_device()
     if model not in open_clip.list_models():
-        raise LatteError(f"Unknown model '{model}': pass an open_clip architecture such as ViT-B-32 or {TINY} (see open_clip.list_models()).")
+        raise LatteError(f"Unknown model '{model}': pass an open_clip architecture such as ViT-B-32 or {TINY} (see "
+                         "open_clip.list_models()).")
     if model == TINY and pretrained in (None, "", "latteclip"): pretrained = str(asset(TINY_WEIGHTS))
     if pretrained in ("", "none", "random"): pretrained = None
     if pretrained is not None and not Path(pretrained).expanduser().exists():
         if pretrained not in open_clip.list_pretrained_tags_by_model(model):
-            raise LatteError(f"'{pretrained}' is neither a checkpoint file nor a pretrained tag of {model} ({_describe_pretrained(model, pretrained)}).")
+            raise LatteError(f"'{pretrained}' is neither a checkpoint file nor a pretrained tag of {model} "
+                             f"({_describe_pretrained(model, pretrained)}).")
         _weights_reachable(model, pretrained)                                 # seconds, not minutes of retries
     elif pretrained is not None: pretrained = str(Path(pretrained).expanduser())
     try:
@@ -91,12 +100,13 @@ def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32",
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
     except pickle.UnpicklingError as e:                                       # torch.load(weights_only=True) said no
-        raise LatteError(f"Refused to load {pretrained}: the file is a pickle that holds code or objects other than tensors "
-                         f"(weights are loaded only from safetensors or with torch.load(weights_only=True)); convert a checkpoint "
-                         f"you trust to safetensors.") from None
+        raise LatteError(f"Refused to load {pretrained}: the file is a pickle that holds code or objects other than "
+                         "tensors (weights are loaded only from safetensors or with torch.load(weights_only=True)); "
+                         "convert a checkpoint you trust to safetensors.") from None
     except (RuntimeError, OSError, ValueError) as e:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise LatteError(f"Could not load {model} with pretrained={pretrained} ({msg}); offline, pass a local checkpoint file with --pretrained PATH.") from None
+        raise LatteError(f"Could not load {model} with pretrained={pretrained} ({msg}); offline, pass a local "
+                         "checkpoint file with --pretrained PATH.") from None
     m.eval()
     return Clip(m, preprocess, open_clip.get_tokenizer(model), model, pretrained, device)
 
@@ -108,7 +118,8 @@ def loader(ds, batch_size:int=256, shuffle:bool=False, num_workers:int=None, see
         # more than it saves (measured in the benchmark notebook's scaling runs)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         num_workers = min(4, cores // 2) if cores > 2 and len(ds) > 2 * batch_size else 0
-    g = torch.Generator(); g.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                                        generator=g, drop_last=drop_last, persistent_workers=False)
 
@@ -117,10 +128,12 @@ def encode_images(clip:Clip, ds, # an `ImageSet` (its transform is replaced by t
                   batch_size:int=256, num_workers:int=None, desc:str="encoding images",
                  )->torch.Tensor:
     "L2-normalised image features `(N, D)` of every image in `ds`, in order."
-    clip.model.eval(); feats = []
+    clip.model.eval()
+    feats = []
     for x, _, _ in progress(loader(ds.with_transform(clip.preprocess), batch_size, num_workers=num_workers), desc=desc):
         feats.append(clip.model.encode_image(x.to(clip.device), normalize=True).float().cpu())
-    return torch.cat(feats) if feats else torch.zeros(0, clip.model.text_projection.shape[-1] if hasattr(clip.model, "text_projection") else 0)
+    if feats: return torch.cat(feats)
+    return torch.zeros(0, clip.model.text_projection.shape[-1] if hasattr(clip.model, "text_projection") else 0)
 
 def encode_tokens(model, # an open_clip model
                   tokens:torch.Tensor, # (T, context) token ids from the model's tokenizer
@@ -151,9 +164,11 @@ def encode_texts(clip:Clip, texts:list, # strings
 
 # %% ../nbs/02_models.ipynb 13
 TEMPLATE = "a photo of a {}."
-ENSEMBLE = ["a photo of a {}.", "a blurry photo of a {}.", "a black and white photo of a {}.", "a low contrast photo of a {}.",
+ENSEMBLE = ["a photo of a {}.", "a blurry photo of a {}.", "a black and white photo of a {}.",
+            "a low contrast photo of a {}.",
             "a high contrast photo of a {}.", "a bad photo of a {}.", "a good photo of a {}.", "a photo of a small {}.",
-            "a photo of a big {}.", "a photo of the {}.", "a blurry photo of the {}.", "a black and white photo of the {}.",
+            "a photo of a big {}.", "a photo of the {}.", "a blurry photo of the {}.",
+            "a black and white photo of the {}.",
             "a low contrast photo of the {}.", "a high contrast photo of the {}.", "a bad photo of the {}.",
             "a good photo of the {}.", "a photo of the small {}.", "a photo of the big {}."]  # CLIP's CIFAR-10 prompts
 
@@ -162,7 +177,8 @@ def templates_for(spec:str|list|None)->list:
     if spec is None or spec == "single": return [TEMPLATE]
     if spec == "ensemble": return list(ENSEMBLE)
     ts = spec if isinstance(spec, list) else str(spec).split("|")
-    if not ts or any("{}" not in t for t in ts): raise LatteError(f"Each template needs a {{}} for the class name: {spec}")
+    if not ts or any("{}" not in t for t in ts):
+        raise LatteError(f"Each template needs a {{}} for the class name: {spec}")
     return ts
 
 def zeroshot_classifier(clip:Clip, classes:list, # class names

@@ -9,19 +9,21 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
 from safetensors.torch import save_file, load_file
-from .core import LatteError, progress, seed_everything, generator, default_device, out_dir, write_json, peak_rss_mb, torch_save
+from .core import (LatteError, progress, seed_everything, generator, default_device, out_dir, write_json, peak_rss_mb,
+                   torch_save)
 from .data import open_data
 from .attributes import measure, words, caption
 from .models import TINY, TINY_CFG, load_clip, zeroshot_classifier, TEMPLATE
 
 # %% auto 0
-__all__ = ['load_pixels', 'augment', 'Captioner', 'pretrain']
+__all__ = ['load_pixels', 'augment', 'Captioner', 'save_epoch', 'pretrain']
 
 # %% ../nbs/04_pretrain.ipynb 5
 def load_pixels(ds, # an `ImageSet`
                 size:int, # side the model expects
                )->np.ndarray:
-    "All images of `ds` as one uint8 array `(N, size, size, 3)`, resized and centre-cropped as CLIP's eval preprocessing does."
+    ("All images of `ds` as one uint8 array `(N, size, size, 3)`, resized and centre-cropped as CLIP's eval "
+     "preprocessing does.")
     from torchvision import transforms as TT
     fit = TT.Compose([TT.Resize(size, interpolation=TT.InterpolationMode.BICUBIC), TT.CenterCrop(size)])
     out = np.empty((len(ds), size, size, 3), np.uint8)
@@ -46,7 +48,8 @@ def augment(x:torch.Tensor, # uint8 (B, H, W, 3)
 class Captioner:
     "Random attribute captions for a fixed set of images."
     def __init__(self, pixels:np.ndarray, labels, classes, p:float=0.5):
-        m = measure(pixels); self.w = [words(m, i) for i in range(len(pixels))]
+        m = measure(pixels)
+        self.w = [words(m, i) for i in range(len(pixels))]
         self.labels, self.classes, self.p = list(labels), list(classes), p
     def __call__(self, idxs, rng:np.random.Generator)->list:
         out = []
@@ -86,6 +89,27 @@ def _val_top1(clip, pixels, labels, classes, norm, bs=500):
     clip._text_cache.clear()
     return 100. * (torch.cat(preds) == torch.as_tensor(labels)).float().mean().item()
 
+def save_epoch(out:Path, # the run folder: `checkpoint.safetensors` and `state.pt` are written there
+               log:dict, # the run's log, written to `out/log_name`
+               log_name:str, # e.g. "pretrain.json"
+               weights:dict, # the tensors to resume the model from
+               state:dict, # the rest to resume from: optimiser state, the epoch count
+               epoch:int, # the epoch just finished, from 0
+               epochs:int, # the epochs of the whole run
+               stop_after:int|None=None, # end the run after this many epochs (None: run them all)
+              )->bool:
+    "Checkpoint an epoch (each file through a temporary one) and write the log; True when `stop_after` ends the run."
+    ck, st = out / "checkpoint.safetensors", out / "state.pt"
+    save_file(weights, str(ck) + ".tmp")
+    os.replace(str(ck) + ".tmp", ck)
+    torch_save(state, str(st) + ".tmp")
+    os.replace(str(st) + ".tmp", st)
+    write_json(log, out / log_name)
+    if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
+        print(f"stopped after epoch {epoch + 1}: continue with resume=True (--resume)")
+        return True
+    return False
+
 # %% ../nbs/04_pretrain.ipynb 10
 def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class (the pre-training images)
              out:str="runs/pretrain", # where checkpoints and the final weights go
@@ -97,32 +121,42 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
              stop_after:int=None, # stop (with a checkpoint to resume from) after this epoch
             )->dict:
     "Pre-train `latteclip-tiny` from scratch; returns the log and writes `out/latteclip-tiny.safetensors` (fp16)."
-    out = out_dir(out); seed_everything(seed)
+    out = out_dir(out)
+    seed_everything(seed)
     device = torch.device(device) if device else default_device()
     clip = load_clip(TINY, pretrained="random", device=device)
     ds = open_data(data, verify=False)
-    if not ds.has_labels: raise LatteError("Pre-training needs class sub-folders (the folder names become the captions).")
-    lab = np.array(ds.labels); rng = np.random.default_rng(seed)
+    if not ds.has_labels:
+        raise LatteError("Pre-training needs class sub-folders (the folder names become the captions).")
+    lab = np.array(ds.labels)
+    rng = np.random.default_rng(seed)
     val_idx, tr_idx = [], []
     for k in range(len(ds.classes)):
         idx = rng.permutation(np.flatnonzero(lab == k))
-        val_idx += list(idx[:val_per_class]); tr_idx += list(idx[val_per_class:][:per_class])
+        val_idx += list(idx[:val_per_class])
+        tr_idx += list(idx[val_per_class:][:per_class])
     pixels = load_pixels(ds, clip.image_size)
-    tr_px, va_px = pixels[tr_idx], pixels[val_idx]; tr_lab, va_lab = lab[tr_idx], lab[val_idx]
+    tr_px, va_px = pixels[tr_idx], pixels[val_idx]
+    tr_lab, va_lab = lab[tr_idx], lab[val_idx]
     captioner = Captioner(tr_px, tr_lab, ds.classes)
     use_bf16 = precision == "bf16" or (precision == "auto" and _bf16_ok(device))
     model, norm, loss_fn = clip.model, _normalizer(clip), __import__("open_clip").loss.ClipLoss()
     steps = len(tr_idx) // batch_size
-    if steps == 0: raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
+    if steps == 0:
+        raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.1)
-    log, start = dict(config=dict(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                  n_train=len(tr_idx), n_val=len(val_idx), seed=seed, bf16=use_bf16, model=TINY_CFG),
+    log, start = dict(config=dict(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr,
+                                  weight_decay=weight_decay, n_train=len(tr_idx), n_val=len(val_idx), seed=seed,
+                                  bf16=use_bf16, model=TINY_CFG),
                       epochs=[]), 0
     ck, st = out / "checkpoint.safetensors", out / "state.pt"
     if resume and ck.exists() and st.exists():
-        model.load_state_dict(load_file(ck)); s = torch.load(st, weights_only=True)
-        opt.load_state_dict(s["opt"]); sched.load_state_dict(s["sched"]); start = s["epoch"]
+        model.load_state_dict(load_file(ck))
+        s = torch.load(st, weights_only=True)
+        opt.load_state_dict(s["opt"])
+        sched.load_state_dict(s["sched"])
+        start = s["epoch"]
         log = json.loads((out / "pretrain.json").read_text())
     tok_cache = {}
     def tokens(caps):
@@ -131,8 +165,10 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
         return torch.stack([tok_cache[c] for c in caps])
     t_run = time.time()
     for epoch in range(start, epochs):
-        model.train(); t0, losses = time.time(), []
-        g = generator(seed * 1000 + epoch); crng = np.random.default_rng([seed, epoch])
+        model.train()
+        t0, losses = time.time(), []
+        g = generator(seed * 1000 + epoch)
+        crng = np.random.default_rng([seed, epoch])
         perm = torch.randperm(len(tr_idx), generator=g)[:steps * batch_size].view(steps, batch_size)
         bar = progress(perm, desc=f"epoch {epoch + 1}/{epochs}")
         for b in bar:
@@ -141,23 +177,28 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 f, h, s = model(x, t)
                 loss = loss_fn(f.float(), h.float(), s.float())
-            if not torch.isfinite(loss): raise LatteError(f"The loss became {loss.item()} at epoch {epoch + 1}: lower --lr; the last good checkpoint is in {out}.")
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+            if not torch.isfinite(loss):
+                raise LatteError(f"The loss became {loss.item()} at epoch {epoch + 1}: lower --lr; the last good "
+                                 f"checkpoint is in {out}.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
             with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item()); bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         val = _val_top1(clip, va_px, va_lab, ds.classes, norm)
         log["epochs"].append(dict(epoch=epoch + 1, loss=float(np.mean(losses)), val_top1=round(val, 2),
                                   seconds=round(time.time() - t0, 1), lr=sched.get_last_lr()[0]))
-        print(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}, held-out zero-shot {val:.1f}%, {time.time() - t0:.0f}s", flush=True)
-        save_file(model.state_dict(), str(ck) + ".tmp"); os.replace(str(ck) + ".tmp", ck)
-        torch_save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch + 1), str(st) + ".tmp"); os.replace(str(st) + ".tmp", st)
-        write_json(log, out / "pretrain.json")
-        if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
-            print(f"stopped after epoch {epoch + 1}: continue with resume=True (--resume)"); return log
-    log["seconds"] = round(sum(e["seconds"] for e in log["epochs"]), 1); log["peak_rss_mb"] = peak_rss_mb()
+        print(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}, held-out zero-shot {val:.1f}%, "
+              f"{time.time() - t0:.0f}s", flush=True)
+        state = dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch + 1)
+        if save_epoch(out, log, "pretrain.json", model.state_dict(), state, epoch, epochs, stop_after): return log
+    log["seconds"] = round(sum(e["seconds"] for e in log["epochs"]), 1)
+    log["peak_rss_mb"] = peak_rss_mb()
     final = out / f"{TINY}.safetensors"
-    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}, str(final) + ".tmp",
-              metadata={"model": TINY, "epochs": str(epochs), "seed": str(seed)})
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()},
+              str(final) + ".tmp", metadata={"model": TINY, "epochs": str(epochs), "seed": str(seed)})
     os.replace(str(final) + ".tmp", final)                     # a full disk leaves no half weights file
     log["weights"], log["weights_mb"] = str(final), round(final.stat().st_size / 2**20, 2)
     write_json(log, out / "pretrain.json")

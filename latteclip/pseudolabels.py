@@ -20,13 +20,15 @@ __all__ = ['cache_dir', 'model_id', 'data_id', 'PseudoLabels', 'pseudo_labels']
 def cache_dir(sub:str="")->Path:
     "Where latteclip keeps caches: `$LATTECLIP_CACHE` or `~/.cache/latteclip`."
     p = Path(os.environ.get("LATTECLIP_CACHE", "~/.cache/latteclip")).expanduser() / sub
-    p.mkdir(parents=True, exist_ok=True); return p
+    p.mkdir(parents=True, exist_ok=True)
+    return p
 
 def model_id(clip)->str:
     "A short id of a model's weights: name plus the checkpoint file's name, size and mtime (or 'random')."
     if not clip.pretrained: return f"{clip.name}-random"
     p = Path(clip.pretrained)
-    return f"{clip.name}-{stable_hash(p.name, p.stat().st_size, int(p.stat().st_mtime)) if p.exists() else clip.pretrained}"
+    tag = stable_hash(p.name, p.stat().st_size, int(p.stat().st_mtime)) if p.exists() else clip.pretrained
+    return f"{clip.name}-{tag}"
 
 def data_id(ds)->str:
     "A short id of an `ImageSet`: its files, classes and shift (never its labels)."
@@ -54,7 +56,8 @@ def pseudo_labels(clip, ds, template:str=TEMPLATE, cache:bool=True)->PseudoLabel
     if cache:                                               # a temporary name, renamed: never a half-written cache
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
-            save_file(dict(labels=labels.contiguous(), confidence=conf.contiguous(), logits=logits.contiguous()), str(tmp))
+            save_file(dict(labels=labels.contiguous(), confidence=conf.contiguous(), logits=logits.contiguous()),
+                      str(tmp))
             os.replace(tmp, path)
         finally:
             if tmp.exists(): tmp.unlink()

@@ -21,8 +21,8 @@ __all__ = ['IMAGE_PROMPT', 'GROUP_PROMPT', 'COLLAGE', 'GAP', 'Request', 'collage
 # %% ../nbs/11_texts.ipynb 6
 IMAGE_PROMPT = ("Describe the {name} in this {domain}photo in one short sentence: its colour, its size, the background "
                 "colour and whether the photo is dark, bright, faded, grainy or blurry.")
-GROUP_PROMPT = ("These four {domain}photos all show a {name}. In one short sentence, describe what they have in common: "
-                "colour, size, background colour and whether they are dark, bright, faded, grainy or blurry.")
+GROUP_PROMPT = ("These four {domain}photos all show a {name}. In one short sentence, describe what they have in "
+                "common: colour, size, background colour and whether they are dark, bright, faded, grainy or blurry.")
 
 @dataclass
 class Request:
@@ -48,14 +48,17 @@ COLLAGE, GAP = 672, 20
 def collage(images:list, size:int=COLLAGE, gap:int=GAP)->Image.Image:
     "Tile four images into a `size` x `size` 2x2 collage on white, `gap` pixels apart."
     if len(images) != 4: raise ValueError("a collage takes exactly 4 images")
-    t = (size - gap) // 2; out = Image.new("RGB", (size, size), (255, 255, 255))
-    for j, im in enumerate(images): out.paste(im.convert("RGB").resize((t, t), Image.BICUBIC), ((j % 2) * (t + gap), (j // 2) * (t + gap)))
+    t = (size - gap) // 2
+    out = Image.new("RGB", (size, size), (255, 255, 255))
+    for j, im in enumerate(images):
+        out.paste(im.convert("RGB").resize((t, t), Image.BICUBIC), ((j % 2) * (t + gap), (j // 2) * (t + gap)))
     return out
 
 def tiles(img:Image.Image, size:int=COLLAGE, gap:int=GAP)->list:
     "The four tiles of a collage made by `collage`."
     t = (size - gap) // 2
-    return [img.crop(((j % 2) * (t + gap), (j // 2) * (t + gap), (j % 2) * (t + gap) + t, (j // 2) * (t + gap) + t)) for j in range(4)]
+    return [img.crop(((j % 2) * (t + gap), (j // 2) * (t + gap), (j % 2) * (t + gap) + t,
+                      (j // 2) * (t + gap) + t)) for j in range(4)]
 
 # %% ../nbs/11_texts.ipynb 10
 def _small(im): return np.asarray(im.convert("RGB").resize((32, 32), Image.BOX))
@@ -69,7 +72,8 @@ def describe_shared(m:dict, name:str, quorum:int=3)->str:
     "The group description: the attributes that at least `quorum` of the measured images share."
     ws = [words(m, i) for i in range(len(m["colour"]))]
     def common(vals):
-        vals = [v for v in vals if v]; best = max(set(vals), key=vals.count) if vals else None
+        vals = [v for v in vals if v]
+        best = max(set(vals), key=vals.count) if vals else None
         return best if best and vals.count(best) >= quorum else None
     adj = [a for a in ADJECTIVES if sum(a in w["adjectives"] for w in ws) >= quorum]
     return caption(name, " ".join(adj) or None, common([w["size"] for w in ws]), common([w["colour"] for w in ws]),
@@ -82,7 +86,8 @@ class AttributeDescriber:
     def describe(self, requests:list)->list:
         out = []
         for r in requests:
-            if r.kind == "group": out.append(describe_shared(measure(np.stack([_small(t) for t in tiles(r.get_image())])), r.name))
+            if r.kind == "group":
+                out.append(describe_shared(measure(np.stack([_small(t) for t in tiles(r.get_image())])), r.name))
             else: out.append(describe_attributes(measure(_small(r.get_image())), 0, r.name))
         return out
 
@@ -102,7 +107,8 @@ def read_jsonl(path, required=("text",))->list:
 
 class JsonlDescriber:
     "Texts from a JSONL file produced elsewhere."
-    batch_size, shard = 1024, False                                       # nothing to generate: every process reads the file
+    # nothing to generate: every process reads the file
+    batch_size, shard = 1024, False
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.exists(): raise LatteError(f"The text file {path} does not exist.")
@@ -118,8 +124,12 @@ class JsonlDescriber:
         for r in requests:
             if r.kind == "group":
                 texts = self.by_class.get(r.name)
-                if not texts: raise LatteError(f"{self.path} has no group description for class '{r.name}' (records with \"class\").")
-                j = self._turn.get(r.name, 0); self._turn[r.name] = j + 1; out.append(texts[j % len(texts)])
+                if not texts:
+                    raise LatteError(f"{self.path} has no group description for class '{r.name}' (records with "
+                                     "\"class\").")
+                j = self._turn.get(r.name, 0)
+                self._turn[r.name] = j + 1
+                out.append(texts[j % len(texts)])
             else:
                 t = self.by_path.get(r.key, self.by_path.get(Path(r.key).name))
                 if t is None: raise LatteError(f"{self.path} has no description for image {r.key}.")
@@ -243,23 +253,32 @@ class Texts:
     calls: int = 0         # describer calls this run made (0 on a warm cache)
 
 def describe_all(describer, requests:list, cache:TextCache, desc:str="describing")->tuple:
-    "Texts of all requests, from the cache when there, else from the describer in batches; returns (texts, calls).\n\nLaunched in several processes, each generates its share of the missing texts into its own part file; the parts are then merged into `cache`, each text once."
+    ("Texts of all requests, from the cache when there, else from the describer in batches; returns (texts, "
+     "calls).\n\nLaunched in several processes, each generates its share of the missing texts into its own part file; "
+     "the parts are then merged into `cache`, each text once.")
     from latteclip.distributed import process_group
     pg = process_group()
-    def merged():                                                         # parts of this or an interrupted launch -> the one cache
+    # parts of this or an interrupted launch -> the one cache
+    def merged():
         if pg is not None: pg.wait_for_everyone()
         if pg is None or pg.is_main_process: cache.merge_parts()
-        if pg is not None: pg.wait_for_everyone(); cache.reload()
+        if pg is not None:
+            pg.wait_for_everyone()
+            cache.reload()
     merged()
     keys = [r.cache_key(describer.id) for r in requests]
     todo = [j for j, k in enumerate(keys) if k not in cache]
     seen, first = set(), []
     for j in todo:                                                        # one call per distinct key, in order
-        if keys[j] not in seen: seen.add(keys[j]); first.append(j)
+        if keys[j] not in seen:
+            seen.add(keys[j])
+            first.append(j)
     todo, sink = first, cache
     if pg is not None and getattr(describer, "shard", True):              # this process's share, into its own part file
         todo, sink = first[pg.process_index::pg.num_processes], cache.part(pg.process_index)
-    elif pg is not None and not pg.is_main_process: todo = []             # a describer that is not worth sharding: the first process
+    elif pg is not None and not pg.is_main_process:
+        # a describer that is not worth sharding: the first process
+        todo = []
     bs = getattr(describer, "batch_size", 8)
     for s in progress(range(0, len(todo), bs), desc=desc, total=(len(todo) + bs - 1) // bs):
         batch = [requests[j] for j in todo[s:s + bs]]
@@ -277,27 +296,35 @@ def synthetic_texts(ds, # the unlabeled `ImageSet` (shifted images as the model 
                     kinds=("image", "group"), # which describer texts to make
                    )->Texts:
     "Class, image and group descriptions of every image of `ds` under the pseudo-labels `labels`."
-    labels = np.asarray(labels); K = len(ds.classes); rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    K = len(ds.classes)
+    rng = np.random.default_rng(seed)
     dom = f"{domain} " if domain else ""
     class_texts = [template.format(c) for c in ds.classes]
     image_texts, calls = [class_texts[l] for l in labels], 0
     content = [ds.content_key(i) for i in range(len(ds))] if kinds else []
     if "image" in kinds:
-        reqs = [Request("image", None, ds.classes[labels[i]], IMAGE_PROMPT.format(name=ds.classes[labels[i]], domain=dom), ds.keys[i],
+        reqs = [Request("image", None, ds.classes[labels[i]],
+                        IMAGE_PROMPT.format(name=ds.classes[labels[i]], domain=dom), ds.keys[i],
                         content[i], (lambda i=i: ds.image(i))) for i in range(len(ds))]
         image_texts, calls = describe_all(describer, reqs, cache, "image descriptions")
-    groups = [[] for _ in range(K)]; group_texts = [[class_texts[k]] for k in range(K)]
+    groups = [[] for _ in range(K)]
+    group_texts = [[class_texts[k]] for k in range(K)]
     if "group" in kinds:
         reqs, owners = [], []
         for k in range(K):
             members = np.flatnonzero(labels == k)
             if len(members) == 0: continue
             for _ in range(groups_per_class):
-                g = rng.choice(members, 4, replace=len(members) < 4).tolist(); groups[k].append(g)
-                reqs.append(Request("group", None, ds.classes[k], GROUP_PROMPT.format(name=ds.classes[k], domain=dom), "",
-                                    stable_hash(*[content[i] for i in g]), (lambda g=g: collage([ds.image(i) for i in g]))))
+                g = rng.choice(members, 4, replace=len(members) < 4).tolist()
+                groups[k].append(g)
+                reqs.append(Request("group", None, ds.classes[k], GROUP_PROMPT.format(name=ds.classes[k], domain=dom),
+                                    "",
+                                    stable_hash(*[content[i] for i in g]),
+                                    (lambda g=g: collage([ds.image(i) for i in g]))))
                 owners.append(k)
-        texts, c = describe_all(describer, reqs, cache, "group descriptions"); calls += c
+        texts, c = describe_all(describer, reqs, cache, "group descriptions")
+        calls += c
         for k in range(K):
             if groups[k]: group_texts[k] = [t for t, o in zip(texts, owners) if o == k]
     return Texts(list(ds.classes), class_texts, image_texts, group_texts, groups, calls)

@@ -10,7 +10,7 @@ from .core import LatteError, progress, default_device
 
 # %% auto 0
 __all__ = ['DTYPES', 'FAMILIES', 'CIFAR10', 'LLAVA_TEMPLATE', 'QWEN2_VL_TEMPLATE', 'load_processor', 'load_vlm', 'tiny_vlm',
-           'TransformersDescriber']
+           'load_lazily', 'TransformersDescriber']
 
 # %% ../nbs/12_vlm.ipynb 5
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -33,7 +33,8 @@ def _local_folder(model_id:str)->Path|None:
     p = Path(model_id).expanduser()
     if p.is_dir(): return p
     if model_id.startswith(("/", "./", "../", "~", ".\\")) or model_id.count("/") > 1:
-        raise LatteError(f"The model folder {model_id} does not exist: pass a folder written by save_pretrained, or a Hub id such as llava-hf/llava-v1.6-mistral-7b-hf.")
+        raise LatteError(f"The model folder {model_id} does not exist: pass a folder written by save_pretrained, or a "
+                         "Hub id such as llava-hf/llava-v1.6-mistral-7b-hf.")
     return None
 
 def _hub_knows(model_id:str):
@@ -43,10 +44,11 @@ def _hub_knows(model_id:str):
     except Exception as e:
         name = type(e).__name__
         if "NotFound" in name or "Validation" in name or "Gated" in name or "401" in str(e) or "404" in str(e):
-            raise LatteError(f"The Hugging Face Hub has no model {model_id} that you can read ({_first_line(e)}): check the id, "
-                             "or pass a local folder with the model's files.") from None
-        raise LatteError(f"The model {model_id} is not in the Hugging Face cache and the Hub cannot be reached ({_first_line(e)}): "
-                         "pass a local folder with the model's files, or download it on a machine with a network first.") from None
+            raise LatteError(f"The Hugging Face Hub has no model {model_id} that you can read ({_first_line(e)}): "
+                             "check the id, or pass a local folder with the model's files.") from None
+        raise LatteError(f"The model {model_id} is not in the Hugging Face cache and the Hub cannot be reached "
+                         f"({_first_line(e)}): pass a local folder with the model's files, or download it on a machine "
+                         "with a network first.") from None
 
 def _local_first(model_id:str, folder:Path|None, load):
     "`load(src, local_files_only)` on local files first, then online when allowed; every failure a `LatteError`."
@@ -54,26 +56,34 @@ def _local_first(model_id:str, folder:Path|None, load):
     try:
         try: return load(str(folder) if folder else model_id, True)
         except (OSError, ValueError) as e:
-            if folder: raise LatteError(f"The folder {folder} does not hold an image-text-to-text model that transformers "
-                                        f"{transformers.__version__} can load ({_first_line(e)}): save model and processor there "
-                                        "with save_pretrained.") from None
+            if folder:
+                raise LatteError(f"The folder {folder} does not hold an image-text-to-text model that transformers "
+                                 f"{transformers.__version__} can load ({_first_line(e)}): save model and processor "
+                                 "there with save_pretrained.") from None
             if isinstance(e, ValueError): raise
-            if _offline(): raise LatteError(f"The model {model_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
-                                            "pass a local folder with the model's files, or unset HF_HUB_OFFLINE to download it.") from None
+            if _offline():
+                raise LatteError(f"The model {model_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+                                 "pass a local folder with the model's files, or unset HF_HUB_OFFLINE to "
+                                 "download it.") from None
             _hub_knows(model_id)
             try: return load(model_id, False)
-            except OSError as e: raise LatteError(f"Downloading {model_id} failed ({_first_line(e)}): check the network and the disk, or pass a local folder.") from None
+            except OSError as e:
+                raise LatteError(f"Downloading {model_id} failed ({_first_line(e)}): check the network and the disk, "
+                                 "or pass a local folder.") from None
     except ValueError as e:
-        raise LatteError(f"{model_id} cannot be loaded as an image-text-to-text model by transformers {transformers.__version__} "
-                         f"({_first_line(e)}): pick a model of that kind, or upgrade transformers.") from None
+        raise LatteError(f"{model_id} cannot be loaded as an image-text-to-text model by transformers "
+                         f"{transformers.__version__} ({_first_line(e)}): pick a model of that kind, or upgrade "
+                         "transformers.") from None
 
 def load_processor(model_id:str):
     "The processor of `model_id` (local files first), for a model that was passed already built."
     import transformers
-    return _local_first(model_id, _local_folder(model_id), lambda src, local: transformers.AutoProcessor.from_pretrained(src, local_files_only=local))
+    return _local_first(model_id, _local_folder(model_id),
+                        lambda src, local: transformers.AutoProcessor.from_pretrained(src, local_files_only=local))
 
 def _model_kwargs(dtype:str, device, device_map, load_in_4bit:bool)->tuple:
-    "`(device or None, from_pretrained keyword arguments)` for the dtype, device and 4-bit options every transformers loader takes."
+    ("`(device or None, from_pretrained keyword arguments)` for the dtype, device and 4-bit options every transformers "
+     "loader takes.")
     _check_dtype(dtype)
     if load_in_4bit: _check_4bit()
     import torch, transformers
@@ -98,7 +108,8 @@ def _end_ids(model, tok)->set:
 def load_vlm(model_id:str, # a Hub id (llava-hf/llava-v1.6-mistral-7b-hf) or a folder written by save_pretrained
              dtype:str="auto", # auto (checkpoint's on GPU, float32 on CPU), float32, float16 or bfloat16
              device:str|None=None, # where to put it; None: CUDA, MPS or CPU
-             device_map:str|None=None, # e.g. "auto" to spread a big model over the GPUs (accelerate); then `device` is ignored
+             # e.g. "auto" to spread a big model over the GPUs (accelerate); then `device` is ignored
+             device_map:str|None=None,
              load_in_4bit:bool=False, # NF4 quantisation with bitsandbytes (CUDA only)
             )->tuple:
     "The model and processor of `model_id`, from local files when possible; a `LatteError` in one sentence otherwise."
@@ -119,8 +130,10 @@ CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 def _corpus()->list:
     from latteclip.texts import IMAGE_PROMPT, GROUP_PROMPT
     from latteclip.attributes import COLOURS, ADJECTIVES, SIZES, caption
-    out = [p.format(name=c, domain=d) for p in (IMAGE_PROMPT, GROUP_PROMPT) for c in CIFAR10 for d in ("", "satellite ")]
-    out += [caption(c, a, s, col, bg) for c in CIFAR10 for a, s, col, bg in zip(ADJECTIVES, SIZES * 3, COLOURS, COLOURS[::-1])]
+    out = [p.format(name=c, domain=d)
+           for p in (IMAGE_PROMPT, GROUP_PROMPT) for c in CIFAR10 for d in ("", "satellite ")]
+    out += [caption(c, a, s, col, bg)
+            for c in CIFAR10 for a, s, col, bg in zip(ADJECTIVES, SIZES * 3, COLOURS, COLOURS[::-1])]
     return out + ["[INST] [/INST] user assistant system USER ASSISTANT"]
 
 def _word_tokenizer(specials:list, **tokens):
@@ -133,39 +146,49 @@ def _word_tokenizer(specials:list, **tokens):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=specials[0], **tokens)
 
 LLAVA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {% for c in m['content'] %}"
-                  "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
-                  " [/INST]{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{{ eos_token }}{% endif %}{% endfor %}")
-QWEN2_VL_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
-                     "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-                     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+                  "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+                  "{% endfor %} [/INST]{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}"
+                  "{{ eos_token }}{% endif %}{% endfor %}")
+QWEN2_VL_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                     "{% if m['content'] is string %}{{ m['content'] }}"
+                     "{% else %}{% for c in m['content'] %}"
+                     "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+                     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+                     "{% endfor %}"
                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 def _tiny_llava(width:int):
     import transformers as T
-    tok = _word_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok = _word_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos_token="<s>", eos_token="</s>",
+                          pad_token="<pad>")
     improc = T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    proc = T.LlavaProcessor(image_processor=improc, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+    proc = T.LlavaProcessor(image_processor=improc, tokenizer=tok, patch_size=8,
+                            vision_feature_select_strategy="default",
                             num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    vision = T.CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
-                                image_size=32, patch_size=8, projection_dim=width)
+    vision = T.CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                                num_attention_heads=2, image_size=32, patch_size=8, projection_dim=width)
     text = T.LlamaConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     cfg = T.LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                        image_seq_length=(32 // 8) ** 2, vision_feature_select_strategy="default", vision_feature_layer=-2)
+                        image_seq_length=(32 // 8) ** 2, vision_feature_select_strategy="default",
+                        vision_feature_layer=-2)
     return T.LlavaForConditionalGeneration(cfg), proc
 
 def _tiny_qwen2_vl(width:int):
     import transformers as T
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                "<|video_pad|>"]
     tok = _word_tokenizer(specials, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    px = dict(size={"shortest_edge": 32 * 32, "longest_edge": 32 * 32}, patch_size=8, merge_size=2, temporal_patch_size=2)
+    px = dict(size={"shortest_edge": 32 * 32, "longest_edge": 32 * 32}, patch_size=8, merge_size=2,
+              temporal_patch_size=2)
     proc = T.Qwen2VLProcessor(image_processor=T.Qwen2VLImageProcessor(**px), tokenizer=tok,
                               video_processor=T.Qwen2VLVideoProcessor(**px), chat_template=QWEN2_VL_TEMPLATE)
     hd = width // 2                                       # head dim; M-RoPE splits its half over (time, height, width)
     c = tok.convert_tokens_to_ids
     cfg = T.Qwen2VLConfig(
-        vision_config=dict(depth=2, embed_dim=width, hidden_size=width, num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2),
+        vision_config=dict(depth=2, embed_dim=width, hidden_size=width, num_heads=2, patch_size=8, spatial_merge_size=2,
+                           temporal_patch_size=2),
         text_config=dict(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
@@ -181,17 +204,40 @@ def tiny_vlm(family:str="llava", # "llava" or "qwen2_vl"
              width:int=32, # hidden size of both towers
             )->tuple:
     "A tiny randomly initialised image-text-to-text model of a real family and its processor, built offline."
-    if family not in FAMILIES: raise LatteError(f"No tiny model of the family '{family}': use one of {', '.join(FAMILIES)}.")
+    if family not in FAMILIES:
+        raise LatteError(f"No tiny model of the family '{family}': use one of {', '.join(FAMILIES)}.")
     import torch
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, proc = (_tiny_llava if family == "llava" else _tiny_qwen2_vl)(width)
     model.eval()
     if save_to is not None:
-        Path(save_to).mkdir(parents=True, exist_ok=True); model.save_pretrained(save_to); proc.save_pretrained(save_to)
+        Path(save_to).mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(save_to)
+        proc.save_pretrained(save_to)
     return model, proc
 
 # %% ../nbs/12_vlm.ipynb 13
+def load_lazily(model, # a built model, or None to load one with `load`
+                other, # its processor or tokenizer, or None
+                load, # () -> `(model, other)`, called when `model` is None
+                load_other, # () -> `other`, for a passed `model` without one
+                device:str|None=None, # where a passed `model` goes (None: where it is)
+                tokenizer=None, # `other` -> its tokenizer (None: `other` is the tokenizer)
+               )->tuple:
+    "`(model, other)` with what is missing loaded, a passed model in eval mode, and the tokenizer padding on the left."
+    if model is None:
+        model, loaded = load()
+        other = other or loaded
+    else:
+        if other is None: other = load_other()
+        if device is not None: model = model.to(device)
+        model.eval()
+    tok = other if tokenizer is None else tokenizer(other)
+    tok.padding_side = "left"                        # generation continues from the last position of every row
+    if tok.pad_token is None: tok.pad_token = tok.eos_token
+    return model, other
+
 class TransformersDescriber:
     "The `transformers:<model id>` describer: an image-text-to-text model answers each request's prompt, greedily."
     def __init__(self,
@@ -215,21 +261,17 @@ class TransformersDescriber:
         self.id = f"transformers:{self.model_id}:{self.max_new_tokens}"
         self._model, self._processor, self._ready = model, processor, False
 
-    def __repr__(self): return f"TransformersDescriber({self.model_id}, batch_size={self.batch_size}, max_new_tokens={self.max_new_tokens})"
+    def __repr__(self):
+        return (f"TransformersDescriber({self.model_id}, batch_size={self.batch_size}, "
+                f"max_new_tokens={self.max_new_tokens})")
 
     def load(self):
         "Load what is missing of model and processor now (the first `describe` does it otherwise); returns self."
         if self._ready: return self
-        if self._model is None:
-            model, proc = load_vlm(self.model_id, self.dtype, self.device, self.device_map, self.load_in_4bit)
-            self._model, self._processor = model, self._processor or proc
-        else:
-            if self._processor is None: self._processor = load_processor(self.model_id)
-            if self.device is not None: self._model = self._model.to(self.device)
-            self._model.eval()
-        tok = self._processor.tokenizer
-        tok.padding_side = "left"                        # generation continues from the last position of every row
-        if tok.pad_token is None: tok.pad_token = tok.eos_token
+        self._model, self._processor = load_lazily(
+            self._model, self._processor,
+            lambda: load_vlm(self.model_id, self.dtype, self.device, self.device_map, self.load_in_4bit),
+            lambda: load_processor(self.model_id), self.device, tokenizer=lambda proc: proc.tokenizer)
         self._ready = True
         return self
 
@@ -240,17 +282,22 @@ class TransformersDescriber:
 
     def conversation(self, r)->list:
         "The one-turn chat of request `r`: the image and the prompt."
-        return [{"role": "user", "content": [{"type": "image", "image": r.get_image().convert("RGB")}, {"type": "text", "text": r.prompt}]}]
+        return [{"role": "user",
+                 "content": [{"type": "image", "image": r.get_image().convert("RGB")},
+                             {"type": "text", "text": r.prompt}]}]
 
     def inputs(self, requests:list):
         "The model inputs of a batch: chat template, image tokens, pixels; left-padded, on the model's device."
-        self.load(); proc = self._processor
+        self.load()
+        proc = self._processor
         try:
-            enc = proc.apply_chat_template([self.conversation(r) for r in requests], add_generation_prompt=True, tokenize=True,
-                                           return_dict=True, return_tensors="pt", processor_kwargs={"padding": True})
+            enc = proc.apply_chat_template([self.conversation(r) for r in requests], add_generation_prompt=True,
+                                           tokenize=True, return_dict=True, return_tensors="pt",
+                                           processor_kwargs={"padding": True})
         except ValueError as e:
             if "chat template" in str(e).lower():
-                raise LatteError(f"{self.model_id} has no chat template: use an instruction-tuned (chat) model.") from None
+                raise LatteError(f"{self.model_id} has no chat template: "
+                                 "use an instruction-tuned (chat) model.") from None
             raise
         return enc.to(device=self._model.device, dtype=self._model.dtype)
 
@@ -261,7 +308,8 @@ class TransformersDescriber:
         starts = range(0, len(requests), self.batch_size)
         for s in (progress(starts, desc=f"describing with {self.model_id}") if len(starts) > 1 else starts):
             enc = self.inputs(requests[s:s + self.batch_size])
-            tok = self._processor.tokenizer; eos = _end_ids(self._model, tok)
+            tok = self._processor.tokenizer
+            eos = _end_ids(self._model, tok)
             with torch.inference_mode():
                 seq = self._model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                            pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
