@@ -36,7 +36,9 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     zip_safe=False,
     entry_points={"console_scripts": cfg.get("console_scripts", "").split(),
-                  "nbdev": [f"{cfg.get('lib_path')}={cfg.get('lib_path')}._modidx:d"]},
+                  "nbdev": [f"{cfg.get('lib_path')}={cfg.get('lib_path')}._modidx:d"],
+                  # the modules that register methods (`latteclip.methods.load`); a plug-in package adds its own
+                  "latteclip.methods": cfg.get("method_modules", "").split()},
     author=cfg["author"], author_email=cfg["author_email"], description=cfg["description"],
     keywords=cfg["keywords"],
 )

@@ -10,74 +10,34 @@ from .core import LatteError, out_dir, write_json, run_files, disk_full
 from . import __version__
 
 # %% auto 0
-__all__ = ['METHODS', 'parser', 'main', 'cli']
+__all__ = ['COMMANDS', 'setting_flags', 'method_settings', 'parser', 'methods_table', 'main', 'cli']
 
 # %% ../nbs/99_cli.ipynb 5
-METHODS = ["zeroshot", "latteclip", "flyp-pseudo", "latteclip-class", "latteclip-class-image", "latteclip-uniform", "latteclip-no-zs", "nola", "ueo", "ueo-open", "dac"]  # = latteclip.report.METHODS (a test checks), kept here so --help imports no torch
-
 def _data_args(p):
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="image folder (one sub-folder per class), flat folder (with --classes), "
-                   ".zip/.tar of one, or a torchvision name (cifar10, eurosat, dtd, food101, oxford_pets, flowers102); default: the embedded CIFAR-10 target set")
+                   ".zip/.tar of one, or a torchvision name (cifar10, eurosat, dtd, food101, oxford_pets, flowers102); "
+                   "default: the embedded CIFAR-10 target set")
     g.add_argument("--classes", default=None, help="comma-separated class names; required for a flat folder")
-    g.add_argument("--shift", default=None, help="distribution shift name:severity (see `latteclip shifts`), or none; default: fog:5 on the embedded set, none otherwise")
+    g.add_argument("--shift", default=None, help="distribution shift name:severity (see `latteclip shifts`), or none; "
+                   "default: fog:5 on the embedded set, none otherwise")
     g.add_argument("--download", action="store_true", help="download a torchvision dataset (needs a network)")
 
 def _model_args(p):
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="latteclip-tiny", help="open_clip architecture, e.g. ViT-B-32; default: the shipped latteclip-tiny")
-    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k) or a local checkpoint file; default: shipped weights for latteclip-tiny")
-    g.add_argument("--templates", default=None, help="'single' (a photo of a {}.), 'ensemble' (CLIP's 18 prompts) or '|'-separated templates")
+    g.add_argument("--model", default="latteclip-tiny",
+                   help="open_clip architecture, e.g. ViT-B-32; default: the shipped latteclip-tiny")
+    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k) or a local "
+                   "checkpoint file; default: shipped weights for latteclip-tiny")
     g.add_argument("--device", default=None, help="cpu, cuda, ...; default: CUDA if present")
-    g.add_argument("--batch-size", type=int, default=None, help="batch size of training (default: per method, LatteCLIP 256, UEO 64) and of feature extraction (256)")
 
-def _train_args(p):
-    g = p.add_argument_group("training (label-free methods)")
-    g.add_argument("--describer", default="attributes", help="attributes (offline), transformers:<model id> or jsonl:<path>")
-    t = p.add_argument_group("text generation (--describer transformers:..., NoLA's --descriptors <causal LM>)")
-    t.add_argument("--gen-dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"], help="weights' dtype (default auto: the checkpoint's on GPU, float32 on CPU)")
-    t.add_argument("--gen-device-map", default=None, help="e.g. auto: spread a large model over the GPUs (accelerate)")
-    t.add_argument("--gen-4bit", action="store_true", help="NF4 4-bit weights with bitsandbytes (CUDA only), as the LatteCLIP paper")
-    t.add_argument("--gen-batch-size", type=int, default=None, help="requests per generate call (default 4 for a VLM, 8 for an LLM)")
-    g.add_argument("--epochs", type=int, default=None, help="default: 10")
-    g.add_argument("--lr", type=float, default=None, help="default: per method (LatteCLIP AdamW 5e-5, UEO SGD 1e-4)")
-    g.add_argument("--classifier", default="prototypes", choices=["prototypes", "text"], help="how LatteCLIP predicts after training")
-    g.add_argument("--groups-per-class", type=int, default=8, help="collages (group descriptions) per class")
-    g.add_argument("--text-cache", default=None, help="JSONL cache of generated texts (default: ~/.cache/latteclip/texts/texts.jsonl)")
-    g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--weight-decay", type=float, default=None, help="default: per method (LatteCLIP 0.2 as the paper, UEO 5e-4)")
-    g.add_argument("--alpha", type=float, default=None, help="LatteCLIP: target = normalise(P[y] + alpha (mixed - P[y])); prototype momentum 1 - alpha (default 0.01)")
-    g.add_argument("--no-augment", action="store_true", help="no random translation/flip during fine-tuning")
-    g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="autocast precision of training (fp16: CUDA, with loss scaling)")
-    d = p.add_argument_group("several processes (Hugging Face Accelerate; or start any of these commands with `accelerate launch -m latteclip`)")
-    d.add_argument("--num-processes", type=int, default=None, help="train data-parallel in this many processes on this machine: one per GPU, or CPU processes (gloo) without GPUs")
-    d.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"], help="accelerate's name for --precision (no = fp32); wins over it")
-    d.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1); --batch-size stays the global batch")
-    g.add_argument("--shots", type=int, default=16, help="DAC: labelled images per class (1, 2, 4, 8, 16)")
-    g.add_argument("--shots-clean", action="store_true", help="DAC: draw the shots from the un-shifted images (test stays shifted)")
-    g.add_argument("--known-classes", default=None, help="UEO: comma-separated known classes; images of the others stay in the data as unknowns (ueo-open default: all but the last 4)")
-    g.add_argument("--ueo-weight-scale", type=float, default=None, help="UEO: scale of the softmax behind the confidence weights (default: the model's logit scale; authors' code: 1)")
-    g.add_argument("--n-ctx", type=int, default=None, help="UEO: learnable text context tokens (default 4)")
-    g.add_argument("--descriptors", default=None, help="NoLA: class descriptions: shipped (default, the embedded classes), a JSON file {\"classes\": {name: [...]}}, or a causal LM id/folder (transformers text generation)")
-    g.add_argument("--ssl", default=None, help="NoLA: self-supervised vision model: latteclip-dino-tiny (default, shipped), a timm name (vit_small_patch16_224.dino) or a transformers id (facebook/dinov2-small)")
-    g.add_argument("--ssl-weights", default=None, help="NoLA: weights of latteclip-dino-tiny: a .safetensors file or random (default: shipped)")
-    g.add_argument("--n-prompts", type=int, default=None, help="NoLA: visual prompt tokens (default 16 as the paper; the authors' code 50)")
-    g.add_argument("--nola-top-k", type=int, default=None, help="NoLA: confident images per class for the DINO labelling network (default: images / (5 x classes))")
-    g.add_argument("--nola-threshold", type=float, default=None, help="NoLA: labeller confidence needed for a prompt-tuning target (default 0: every image)")
-
-def _overrides(args)->dict:
-    "The `TrainConfig` fields set by flags."
-    precision = {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision) or args.precision
-    o = dict(weight_decay=args.weight_decay, alpha=args.alpha, augment=False if args.no_augment else None, precision=precision, grad_accum=args.grad_accum,
-             weight_scale=args.ueo_weight_scale, n_ctx=args.n_ctx, descriptors=args.descriptors, ssl=args.ssl, ssl_weights=args.ssl_weights,
-             n_prompts=args.n_prompts, top_k=args.nola_top_k, threshold=args.nola_threshold)
-    return {k: v for k, v in o.items() if v is not None}
-
-def _gen(args)->dict:
-    "The text-generation options set by flags."
-    return {k: v for k, v in dict(dtype=args.gen_dtype, device_map=args.gen_device_map, load_in_4bit=args.gen_4bit or None,
-                                  batch_size=args.gen_batch_size).items() if v is not None}
+def _group_args(p):
+    d = p.add_argument_group("several processes (Hugging Face Accelerate; or start any of these commands with "
+                             "`accelerate launch -m latteclip`)")
+    d.add_argument("--num-processes", type=int, default=None, help="train data-parallel in this many processes on this "
+                   "machine: one per GPU, or CPU processes (gloo) without GPUs")
+    d.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
+                   help="accelerate's name for --precision (no = fp32); wins over it")
 
 def _shift_for(args):
     from latteclip.data import DEFAULT_SHIFT, EMBEDDED
@@ -85,34 +45,111 @@ def _shift_for(args):
     return args.shift
 
 # %% ../nbs/99_cli.ipynb 7
+def _tuple(s:str)->tuple: return tuple(x.strip() for x in s.split(",") if x.strip())
+
+def _fmt(v)->str: return ",".join(v) if isinstance(v, tuple) else str(v)
+
+def setting_flags(methods:dict)->dict:
+    "Every flag of every method's settings: flag -> its type, field, `dest`, help and the methods that take it."
+    from latteclip.methods import setting_rows
+    flags = {}
+    for m in methods.values():
+        cfg = m.config()
+        for r in setting_rows(m.settings):
+            if r["flag"] is None or r["name"] == "seed": continue               # --seed is every run's
+            e = flags.setdefault(r["flag"], dict(type=r["type"], field=r["name"], takers={}, helps={},
+                                                 dest="setting_" + r["flag"][2:].replace("-", "_")))
+            if e["type"] is not r["type"] or e["field"] != r["name"]:
+                first = next(iter(e["takers"]))
+                raise LatteError(f"The setting {r['flag']} of {m.name} ({r['type'].__name__} {r['name']}) clashes "
+                                 f"with the one of {first} ({e['type'].__name__} {e['field']}): rename one.")
+            e["takers"][m.name] = getattr(cfg, r["name"])
+            e["helps"].setdefault(r["help"], []).append(m.name)
+    return flags
+
+def _flag_help(e:dict)->str:
+    "One flag's help: what it is (per method where they differ) and each method's default."
+    helps = [h for h in e["helps"] if h]
+    what = helps[0] if len(helps) == 1 else "; ".join(f"{', '.join(e['helps'][h])}: {h}" for h in helps)
+    by = {}
+    for name, v in e["takers"].items(): by.setdefault(_fmt(v), []).append(name)
+    default = "; ".join(f"{v} for {', '.join(ns)}" for v, ns in by.items()) if len(by) > 1 else f"{next(iter(by))}"
+    return f"{what} (default: {default})".replace("%", "%%")
+
+def _setting_args(p, flags:dict):
+    g = p.add_argument_group("method settings (each method takes its own; see `latteclip methods`)")
+    for flag, e in flags.items():
+        kw = dict(dest=e["dest"], default=None, help=_flag_help(e))
+        if e["type"] is bool: g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else: g.add_argument(flag, type=_tuple if e["type"] is tuple else e["type"], metavar=e["type"].__name__.upper(), **kw)
+
+def method_settings(args, flags:dict, methods:list)->dict:
+    "The settings (by field) the flags give `methods`; a flag none of them takes is one sentence."
+    given = {f: getattr(args, e["dest"]) for f, e in flags.items() if getattr(args, e["dest"], None) is not None}
+    if args.mixed_precision is not None and "--precision" in flags:       # accelerate's name wins
+        given["--precision"] = {"no": "fp32"}.get(args.mixed_precision, args.mixed_precision)
+    for f in given:
+        if not any(m in flags[f]["takers"] for m in methods):
+            name = "--mixed-precision" if f == "--precision" and args.mixed_precision is not None else f
+            if flags[f]["type"] is bool: name = f"{f} / --no-{f[2:]}"
+            takers = list(flags[f]["takers"])
+            raise LatteError(f"{name} does not apply to {', '.join(methods)}: it is a setting of {', '.join(takers)}.")
+    return {flags[f]["field"]: v for f, v in given.items()}
+
+# %% ../nbs/99_cli.ipynb 10
 def parser()->argparse.ArgumentParser:
-    "The `latteclip` argument parser with its sub-commands."
+    "The `latteclip` argument parser with its sub-commands; `run` and `compare` take the registered methods' flags."
+    from latteclip.methods import load, group
+    methods = load()
+    flags = setting_flags(methods)
     p = argparse.ArgumentParser(prog="latteclip", description="Label-free adaptation of CLIP models to a new image domain.")
     p.add_argument("--version", action="version", version=f"latteclip {__version__}")
+    p.set_defaults(flags=flags)
     sub = p.add_subparsers(dest="command", metavar="command")
     r = sub.add_parser("run", help="run a method on a dataset and write metrics.json, predictions.csv and plots")
-    r.add_argument("--method", default="latteclip", choices=METHODS, help="the method (default: latteclip)")
-    _data_args(r); _model_args(r); _train_args(r)
+    r.add_argument("--method", default="latteclip", choices=list(methods), help="the method (default: latteclip)")
+    _data_args(r)
+    _model_args(r)
     r.add_argument("--out", default=None, help="output folder (default: runs/<method>)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    _group_args(r)
+    _setting_args(r, flags)
     c = sub.add_parser("compare", help="several methods on the same data, model, shift and seed: table.md and table.json")
-    c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip", help=f"comma-separated, from {', '.join(METHODS)}; or all (zeroshot, flyp-pseudo, latteclip, nola, ueo, ueo-open, dac), or ablation (zeroshot and every LatteCLIP variant)")
-    _data_args(c); _model_args(c); _train_args(c)
+    c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip",
+                   help=f"comma-separated, from {', '.join(methods)}; or all ({', '.join(group('all'))}), "
+                        f"or ablation ({', '.join(group('ablation'))})")
+    _data_args(c)
+    _model_args(c)
     c.add_argument("--out", default="runs/compare")
-    c.add_argument("--reuse", action="store_true", help="keep a method's finished run in --out (same data, shift, model and seed) instead of running it again")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--reuse", action="store_true", help="keep a method's finished run in --out (same data, shift, model "
+                   "and seed) instead of running it again")
+    _group_args(c)
+    _setting_args(c, flags)
+    ms = sub.add_parser("methods", help="every method with its settings and their defaults")
+    ms.add_argument("--json", action="store_true", help="as JSON")
     bb = sub.add_parser("bench", help="speed and memory ratios against plain baselines: bench.json")
-    bb.add_argument("--out", default="runs/bench"); bb.add_argument("--n", type=int, default=1000, help="images for the scaling and cache measurements")
+    bb.add_argument("--out", default="runs/bench")
+    bb.add_argument("--n", type=int, default=1000, help="images for the scaling and cache measurements")
     bb.add_argument("--quick", action="store_true", help="fewer steps and epochs (a smoke run)")
     bb.add_argument("--models", default="latteclip-tiny,ViT-B-32", help="comma-separated open_clip models (random init unless tiny)")
     b = sub.add_parser("robustness", help="zero-shot top-1 on clean data and under every shift")
-    _data_args(b); _model_args(b)
+    _data_args(b)
+    _model_args(b)
+    b.add_argument("--templates", default=None, help="single (a photo of a {}.), ensemble (CLIP's 18 prompts) or "
+                   "'|'-separated templates")
+    b.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     b.add_argument("--severities", default="3,5", help="comma-separated severities (default 3,5)")
     b.add_argument("--per-class", type=int, default=None, help="score at most this many images of each class (a quick table)")
     b.add_argument("--out", default="runs/robustness", help="output folder for robustness.md/.json")
     t = sub.add_parser("pretrain", help="pre-train the tiny offline CLIP (reproduces the shipped checkpoint)")
     t.add_argument("--data", required=True, help="folder or .tar/.zip with one sub-folder per class (the pre-training images)")
     t.add_argument("--out", default="runs/pretrain")
-    t.add_argument("--epochs", type=int, default=24); t.add_argument("--batch-size", type=int, default=512)
-    t.add_argument("--lr", type=float, default=2e-3); t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=24)
+    t.add_argument("--batch-size", type=int, default=512)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--per-class", type=int, default=None, help="at most this many training images per class (quick runs)")
     t.add_argument("--val-per-class", type=int, default=50)
     t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
@@ -120,77 +157,92 @@ def parser()->argparse.ArgumentParser:
     t.add_argument("--stop-after", type=int, default=None, help="stop after this epoch, leaving a checkpoint to --resume from")
     t.add_argument("--device", default=None)
     pd = sub.add_parser("pretrain-dino", help="pre-train the shipped self-supervised ViT (DINO, no labels) that NoLA uses")
-    pd.add_argument("--data", required=True, help="folder or .tar/.zip of the pre-training images (class sub-folders are read only for the k-NN check)")
+    pd.add_argument("--data", required=True, help="folder or .tar/.zip of the pre-training images (class sub-folders "
+                    "are read only for the k-NN check)")
     pd.add_argument("--out", default="runs/dino")
-    pd.add_argument("--epochs", type=int, default=8); pd.add_argument("--batch-size", type=int, default=256)
-    pd.add_argument("--lr", type=float, default=1e-3); pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--epochs", type=int, default=8)
+    pd.add_argument("--batch-size", type=int, default=256)
+    pd.add_argument("--lr", type=float, default=1e-3)
+    pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--n-local", type=int, default=2, help="local (16 px) crops per image")
     pd.add_argument("--per-class", type=int, default=None, help="at most this many training images per class (quick runs)")
-    pd.add_argument("--target", default="embedded", help="labelled images for the final k-NN accuracy (default: the embedded target set, clean); none: skip")
+    pd.add_argument("--target", default="embedded", help="labelled images for the final k-NN accuracy (default: the "
+                    "embedded target set, clean); none: skip")
     pd.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     pd.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     pd.add_argument("--stop-after", type=int, default=None, help="stop after this epoch, leaving a checkpoint to --resume from")
     pd.add_argument("--device", default=None)
     d = sub.add_parser("docs", help="the documentation site as static HTML, offline (notebooks, README, API), checked")
-    d.add_argument("--root", default=".", help="the repository (README.md and nbs/)"); d.add_argument("--out", default="_site")
+    d.add_argument("--root", default=".", help="the repository (README.md and nbs/)")
+    d.add_argument("--out", default="_site")
     sub.add_parser("shifts", help="list the distribution shifts")
     return p
 
-# %% ../nbs/99_cli.ipynb 9
+# %% ../nbs/99_cli.ipynb 12
 def _run(args):
     from latteclip.data import parse_shift
-    from latteclip.models import templates_for
-    shift = _shift_for(args); parse_shift(shift); templates_for(args.templates)   # validate before heavy work
-    out = out_dir(args.out or f"runs/{args.method}")
-    from latteclip.distributed import rank
-    if args.method in ("zeroshot", "dac") and rank() > 0: return None          # launched in several processes: the first does it all
-    if args.method == "zeroshot":
-        from latteclip.zeroshot import run_zeroshot
-        from latteclip.report import write_report
-        with run_files(out):                                                  # metrics.json ... report.md: all or none
-            m = run_zeroshot(args.data, args.classes, shift, args.model, args.pretrained, args.templates, out,
-                             args.batch_size or 256, args.device, args.download)
-            write_report(out, m)
-    else:
-        from latteclip.report import run_method, make_describer
-        make_describer(args.describer, **_gen(args))
-        m = run_method(args.method, args.data, args.classes, shift, args.model, args.pretrained, args.describer, args.epochs,
-                       args.batch_size, args.lr, out, args.seed, args.device, args.classifier, args.groups_per_class,
-                       args.text_cache, args.resume, args.download, args.shots, args.shots_clean, args.known_classes,
-                       gen=_gen(args), **_overrides(args))
-        if m is None: return None                                              # not the first of several launched processes
-        if m["method"].startswith("ueo"):
-            au = lambda v: "n/a" if v is None else f"{v}%"
-            print(f"known classes {', '.join(m['known_classes'])}: zero-shot top-1 {m['zeroshot_top1']}% (AUROC {au(m['zeroshot_auroc'])}) "
-                  f"-> UEO {m['top1']}% (AUROC {au(m['auroc'])}), {m['n_unknown_images']} unknown-class images")
-        elif m["method"] == "nola":
-            print(f"zero-shot top-1 {m['zeroshot_top1']}% -> descriptions {m['descriptor_top1']}%, DINO labelling network {m['head_top1']}% "
-                  f"-> NoLA {m['top1']}% ({m['n_prompts']} visual prompts)")
-        elif m["method"] == "dac": print(f"{m['shots']} shots per class: zero-shot {m['zeroshot_top1']}%, Tip-Adapter {m['tip_adapter_top1']}% -> DAC {m['top1']}% on the other images")
-        else: print(f"zero-shot top-1 {m['zeroshot_top1']}% -> {m['method']} {m['top1']}% (text classifier {m['top1_text']}%, prototypes {m['top1_prototypes']}%)")
+    from latteclip.methods import get, run_method
+    shift = _shift_for(args)
+    parse_shift(shift)                                                       # validate before heavy work
+    method = get(args.method)
+    settings = method_settings(args, args.flags, [args.method])
+    out = Path(args.out or f"runs/{args.method}")
+    m = run_method(args.method, args.data, args.classes, shift, args.model, args.pretrained, out, args.seed,
+                   args.device, args.resume, args.download, **settings)
+    if m is None: return None                                                 # not the first of several launched processes
+    if method.summary is not None: print(method.summary(m))
     top = "n/a (no labels)" if m["top1"] is None else f"{m['top1']}%"
     print(f"{m['method']} on {m['dataset']}{' (' + m['shift'] + ')' if m['shift'] else ''}: top-1 {top}, "
           f"{m['n_images']} images, {m['seconds']}s, {len(m['skipped'])} skipped -> {out}/metrics.json")
     return m
 
 def _compare(args):
-    from latteclip.report import compare, make_describer
-    from latteclip.zeroshot import rows_to_markdown
-    shift = _shift_for(args); out = out_dir(args.out); make_describer(args.describer, **_gen(args))
-    rows = compare(args.methods, args.data, args.classes, shift, out, model=args.model, pretrained=args.pretrained,
-                   describer=args.describer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   device=args.device, classifier=args.classifier, groups_per_class=args.groups_per_class,
-                   text_cache=args.text_cache, download=args.download, shots=args.shots, shots_clean=args.shots_clean,
-                   known_classes=args.known_classes, reuse=args.reuse, gen=_gen(args), **_overrides(args))
+    from latteclip.report import compare, method_list
+    from latteclip.data import parse_shift
+    shift = _shift_for(args)
+    parse_shift(shift)
+    methods = method_list(args.methods)
+    settings = method_settings(args, args.flags, methods)
+    out = out_dir(args.out)
+    compare(methods, args.data, args.classes, shift, out, reuse=args.reuse, download=args.download, model=args.model,
+            pretrained=args.pretrained, seed=args.seed, device=args.device, **settings)
     from latteclip.distributed import rank
     if rank() == 0: print((out / "table.md").read_text())
 
+def methods_table(methods:dict)->list:
+    "Every method with its settings (flag, type, default, help), metrics and sets: what `latteclip methods` prints."
+    from latteclip.methods import setting_rows
+    rows = []
+    for m in methods.values():
+        cfg = m.config()
+        settings = [dict(name=r["name"], flag=r["flag"], type=r["type"].__name__, help=r["help"],
+                         default=list(v) if isinstance(v := getattr(cfg, r["name"]), tuple) else v)
+                    for r in setting_rows(m.settings)]
+        rows.append(dict(name=m.name, doc=m.doc, settings_class=f"{m.settings.__module__}.{m.settings.__qualname__}",
+                         settings=settings, metrics=list(m.metrics), groups=list(m.groups),
+                         data_parallel=m.data_parallel, resumable=m.resumable))
+    return rows
+
+def _methods(args):
+    from latteclip.methods import load
+    rows = methods_table(load())
+    if args.json: return print(json.dumps(rows, indent=1))
+    for r in rows:
+        print(f"{r['name']}: {r['doc']} ({r['settings_class']}; sets: {', '.join(r['groups']) or '-'})")
+        for s in r["settings"]:
+            if s["flag"] is None: continue
+            d = ",".join(s["default"]) if isinstance(s["default"], list) else s["default"]
+            print(f"  {s['flag']:<22} {str(d):<14} {s['help']}")
+        print()
+
 def _robustness(args):
     from latteclip.zeroshot import robustness, rows_to_markdown
+    from latteclip.models import templates_for
+    templates_for(args.templates)
     out = out_dir(args.out)
     try: sev = tuple(int(s) for s in args.severities.split(","))
     except ValueError: raise LatteError(f"--severities must be comma-separated integers, got {args.severities}.") from None
-    rows = robustness(args.data, args.model, args.pretrained, sev, None, args.templates, args.batch_size or 256, args.device,
+    rows = robustness(args.data, args.model, args.pretrained, sev, None, args.templates, args.batch_size, args.device,
                       per_class=args.per_class)
     md = rows_to_markdown(rows, ["shift", "severity", "top1", "per_class_mean"])
     with run_files(out) as f:
@@ -208,12 +260,13 @@ def _pretrain(args):
 
 def _pretrain_dino(args):
     from latteclip.dino import pretrain_dino
-    log = pretrain_dino(args.data, args.out, args.epochs, args.batch_size, args.lr, args.n_local, seed=args.seed, precision=args.precision,
-                        target=None if args.target == "none" else args.target, per_class=args.per_class, resume=args.resume,
-                        device=args.device, stop_after=args.stop_after)
+    log = pretrain_dino(args.data, args.out, args.epochs, args.batch_size, args.lr, args.n_local, seed=args.seed,
+                        precision=args.precision, target=None if args.target == "none" else args.target,
+                        per_class=args.per_class, resume=args.resume, device=args.device, stop_after=args.stop_after)
     if "weights" not in log: return
-    print(f"DINO pre-training on {log['config']['n_train']} images for {len(log['epochs'])} epochs in {log['seconds']}s: held-out k-NN "
-          f"{log['epochs'][-1]['knn_val_top1']}%, k-NN on the target set {log.get('knn_target_top1', 'n/a')}%, weights {log['weights']} ({log['weights_mb']} MB)")
+    print(f"DINO pre-training on {log['config']['n_train']} images for {len(log['epochs'])} epochs in {log['seconds']}s: "
+          f"held-out k-NN {log['epochs'][-1]['knn_val_top1']}%, k-NN on the target set "
+          f"{log.get('knn_target_top1', 'n/a')}%, weights {log['weights']} ({log['weights_mb']} MB)")
 
 def _fullest(*paths)->Path:
     "Of `paths` (None skipped), the one on the device with the least free space."
@@ -232,53 +285,70 @@ def _disk_full(e:BaseException, # the error, `disk_full(e)` true
     named = next((x for x in (e, e.__cause__) if getattr(x, "filename", None)), None)
     caches = os.environ.get("LATTECLIP_CACHE", "~/.cache/latteclip")
     where = (Path(named.filename).parent if named is not None else getattr(e, "latteclip_dir", None)
-             or _fullest(out, caches, getattr(args, "text_cache", None)))
+             or _fullest(out, caches, getattr(args, "setting_text_cache", None)))
     what = "No space left" if disk_full(e) == errno.ENOSPC else "The disk quota is exceeded"
     kept = getattr(e, "latteclip_kept", None) or f"the previous results in {out}"
     tail = f"; {kept} were left as they were." if args.command in ("run", "compare", "robustness") else "."
     return f"{what} on the device holding {where}: free some space and run again{tail}"
 
+def _launch(argv:list, args)->int|None:
+    "With `--num-processes N > 1` outside a launched group: start the group through `accelerate launch`."
+    from latteclip.distributed import world_size, launch
+    if args.num_processes < 1: raise LatteError("--num-processes must be at least 1.")
+    if args.num_processes == 1 or world_size() > 1: return None
+    skip = lambda i, a: a.startswith("--num-processes") or (i > 0 and argv[i - 1] == "--num-processes")
+    rest = [a for i, a in enumerate(argv) if not skip(i, a)]
+    return launch(rest, args.num_processes, args.mixed_precision if args.mixed_precision != "no" else None)
+
+def _docs(args)->int:
+    from latteclip.site import build_site, check_site
+    site = build_site(args.root, args.out)
+    problems = check_site(site["out"], site["notebooks"])
+    for p in problems: print(f"latteclip: site: {p}", file=sys.stderr)
+    print(f"{len(site['notebooks'])} notebooks, {len(site['pages'])} pages in {site['out']}; {len(problems)} problems")
+    return 1 if problems else 0
+
+def _bench(args):
+    from latteclip.bench import bench
+    print(json.dumps(bench(args.out, args.n, models=tuple(args.models.split(",")), quick=args.quick), indent=2))
+
+def _shifts(args):
+    from latteclip.data import SHIFTS
+    print("\n".join(f"{n}{'' if n == 'grayscale' else ':1..5'}" for n in sorted(SHIFTS)))
+
+COMMANDS = {"run": _run, "compare": _compare, "methods": _methods, "bench": _bench, "robustness": _robustness,
+            "pretrain": _pretrain, "pretrain-dino": _pretrain_dino, "docs": _docs, "shifts": _shifts}
+
 def main(argv=None)->int:
     "Entry point of the `latteclip` command; returns the exit code."
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
-    if args.command is None: parser().print_help(); return 0
-    if getattr(args, "num_processes", None) is not None:
-        from latteclip.distributed import world_size, launch
-        if args.num_processes < 1: print("latteclip: error: --num-processes must be at least 1.", file=sys.stderr); return 2
-        if args.num_processes > 1 and world_size() == 1:                     # start the group through `accelerate launch`
-            rest = [a for i, a in enumerate(argv) if not (a.startswith("--num-processes") or (i > 0 and argv[i - 1] == "--num-processes"))]
-            try: return launch(rest, args.num_processes, args.mixed_precision if args.mixed_precision != "no" else None)
-            except LatteError as e: print(f"latteclip: error: {e}", file=sys.stderr); return 2
+    try: p = parser()
+    except LatteError as e:                                                    # a plug-in that fails to load
+        print(f"latteclip: error: {e}", file=sys.stderr)
+        return 2
+    args = p.parse_args(argv)
+    if args.command is None:
+        p.print_help()
+        return 0
     warnings.filterwarnings("ignore", message=".*No pretrained weights loaded.*")
-    import logging; logging.getLogger().setLevel(logging.ERROR)
+    import logging
+    logging.getLogger().setLevel(logging.ERROR)
     try:
-        if args.command == "run": _run(args)
-        elif args.command == "compare": _compare(args)
-        elif args.command == "bench":
-            from latteclip.bench import bench
-            print(json.dumps(bench(args.out, args.n, models=tuple(args.models.split(",")), quick=args.quick), indent=2))
-        elif args.command == "robustness": _robustness(args)
-        elif args.command == "pretrain": _pretrain(args)
-        elif args.command == "pretrain-dino": _pretrain_dino(args)
-        elif args.command == "docs":
-            from latteclip.site import build_site, check_site
-            site = build_site(args.root, args.out); problems = check_site(site["out"], site["notebooks"])
-            for p in problems: print(f"latteclip: site: {p}", file=sys.stderr)
-            print(f"{len(site['notebooks'])} notebooks, {len(site['pages'])} pages in {site['out']}; {len(problems)} problems")
-            if problems: return 1
-        elif args.command == "shifts":
-            from latteclip.data import SHIFTS
-            print("\n".join(f"{n}{'' if n == 'grayscale' else ':1..5'}" for n in sorted(SHIFTS)))
+        if getattr(args, "num_processes", None) is not None:
+            code = _launch(argv, args)
+            if code is not None: return code
+        code = COMMANDS[args.command](args)                                    # `docs` returns its exit code
+        return code if isinstance(code, int) else 0
     except LatteError as e:
-        print(f"latteclip: error: {e}", file=sys.stderr); return 2
+        print(f"latteclip: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
-        print(f"latteclip: interrupted{': ' + str(e) if str(e) else '.'}", file=sys.stderr); return 130
+        print(f"latteclip: interrupted{': ' + str(e) if str(e) else '.'}", file=sys.stderr)
+        return 130
     except Exception as e:                                                     # a full disk, anywhere in a command
         if not disk_full(e): raise
         print(f"latteclip: error: {_disk_full(e, args)}", file=sys.stderr)
         return 2
-    return 0
 
 def cli():
     "console_scripts wrapper"

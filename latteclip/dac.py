@@ -13,7 +13,8 @@ from .models import encode_images, zeroshot_classifier
 from .pretrain import load_pixels, augment, _normalizer
 
 # %% auto 0
-__all__ = ['few_shot_split', 'supcon_loss', 'DACConfig', 'DAC', 'view_features', 'fit_dac', 'dac_logits', 'run_dac']
+__all__ = ['few_shot_split', 'supcon_loss', 'DACConfig', 'DAC', 'view_features', 'fit_dac', 'dac_logits', 'run_dac',
+           'DACSettings']
 
 # %% ../nbs/20_dac.ipynb 6
 def few_shot_split(labels, # class index of every image
@@ -45,17 +46,17 @@ def supcon_loss(z:torch.Tensor, # (N, D) normalised features
 @dataclass
 class DACConfig:
     "Hyper-parameters of DAC (see the top of this notebook)."
-    shots: int = 16
+    shots: int = 16             # labelled images per class
     views: int = 4              # augmented views per shot for training
     steps: int = 200            # full-batch AdamW steps
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: float = 1e-3            # AdamW
+    weight_decay: float = 1e-4  # AdamW's
     alpha: float = 1.0          # weight of the cache logit
     beta: float = 5.5           # sharpness of the cache affinity
     tau: float = 0.1            # temperature of the contrastive loss
     lam: float = 1.0            # weight of the contrastive loss
     bottleneck: int = 4         # adapter hidden width = D / bottleneck
-    seed: int = 0
+    seed: int = 0               # the one seed of the run (which images are the shots)
 
 class DAC(nn.Module):
     "Frozen CLIP features in, logits out: modulated text classifier + alpha * cache of adapted shot features."
@@ -132,3 +133,43 @@ def run_dac(clip, ds, # a `Clip` and a labelled `ImageSet` (shifted or not)
     losses = fit_dac(model, view_features(clip, shots, cfg.views, cfg.seed), y)
     return dict(shot=shot, rest=rest, logits=dac_logits(model, f), tip_adapter=tip, zeroshot=clip.logit_scale * f @ W0.T,
                 losses=losses, model=model)
+
+# %% ../nbs/20_dac.ipynb 15
+from .methods import Method, RunContext, register
+from .report import write_report
+from .zeroshot import write_run, scores
+from .core import run_files, check_settings
+
+@dataclass
+class DACSettings(DACConfig):
+    "Settings of a DAC run: the method (`DACConfig`) and where the shots come from."
+    shots_clean: bool = False   # draw the shots from the un-shifted images (the test images stay shifted)
+
+    def __post_init__(self):
+        check_settings([(self.shots >= 1, "--shots must be at least 1"), (self.views >= 1, "--views must be at least 1"),
+                        (self.steps >= 1, "--steps must be at least 1"), (self.lr > 0, "--lr must be positive"),
+                        (self.weight_decay >= 0, "--weight-decay must be >= 0"), (self.tau > 0, "--tau must be positive"),
+                        (self.bottleneck >= 1, "--bottleneck must be at least 1")])
+
+def _run_dac(ctx:RunContext)->dict:
+    "DAC on the shots, scored (with zero-shot and Tip-Adapter) on every other image."
+    cfg, ds, clip = ctx.cfg, ctx.ds, ctx.clip
+    r = run_dac(clip, ds, cfg, shots_clean=cfg.shots_clean)                  # few-shot: the one method that reads labels
+    test = ds.subset(r["rest"])
+    top1 = lambda lg: scores(lg.argmax(1).numpy(), test.labels, len(ds.classes))["top1"]
+    with run_files(ctx.out):
+        m = write_run(ctx.out, "dac", test, clip, r["logits"], time.time() - ctx.t0,
+                      zeroshot_top1=top1(r["zeroshot"]), tip_adapter_top1=top1(r["tip_adapter"]),
+                      shots=cfg.shots, shots_clean=cfg.shots_clean, shot_files=[ds.keys[i] for i in r["shot"]],
+                      seed=cfg.seed, config=asdict(cfg), history=dict(loss=r["losses"]))
+        write_report(ctx.out, m)
+    return m
+
+def _dac_summary(m:dict)->str:
+    return (f"{m['shots']} shots per class: zero-shot {m['zeroshot_top1']}%, Tip-Adapter {m['tip_adapter_top1']}% "
+            f"-> DAC {m['top1']}% on the other images")
+
+register(Method("dac", DACSettings, _run_dac, "DAC (few-shot): a Tip-Adapter cache and modulated text classifier "
+                "trained on a few labelled shots per class",
+                metrics=("zeroshot_top1", "tip_adapter_top1", "shots", "shots_clean", "shot_files", "config", "history"),
+                columns=("zeroshot_top1",), summary=_dac_summary, data_parallel=False, resumable=False))

@@ -11,12 +11,13 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, StopRequest, check_settings, seed_everything, generator, progress, out_dir
 from .models import TEMPLATE, zeroshot_classifier
 from .pretrain import load_pixels, augment, _normalizer
-from .train import encode_pixels, _save, _load_state, check_stop, LossStep
+from .train import encode_pixels
+from .loop import fit, LossStep, append_means
 from .distributed import Dist
 
 # %% auto 0
 __all__ = ['NoLAConfig', 'NoLAHistory', 'confident_topk', 'AlignmentHead', 'fit_head', 'head_probs', 'VisualPrompts',
-           'strong_views', 'fixmatch_loss', 'nola_logits', 'class_embeddings', 'fit_nola', 'run_nola',
+           'strong_views', 'fixmatch_loss', 'nola_logits', 'class_embeddings', 'fit_nola', 'run_nola', 'NoLASettings',
            'prompt_attention']
 
 # %% ../nbs/22_nola.ipynb 6
@@ -27,18 +28,18 @@ class NoLAConfig:
     ssl: str = "latteclip-dino-tiny"   # the self-supervised model (timm name, transformers id, or the shipped one)
     ssl_weights: str = None            # latteclip-dino-tiny only: "random" or a .safetensors file; None: shipped
     top_k: int = None                  # confident images per class for the alignment map; None: N / (5 C)
-    head_epochs: int = 30
-    head_lr: float = 1e-3
-    n_prompts: int = 16
-    epochs: int = 10
-    batch_size: int = 64
+    head_epochs: int = 30              # epochs of the DINO labelling network on the confident images
+    head_lr: float = 1e-3              # its learning rate (AdamW)
+    n_prompts: int = 16                # visual prompt tokens (the paper 16, the authors' code 50)
+    epochs: int = 10                   # prompt-tuning passes over the unlabeled images
+    batch_size: int = 64               # images per optimizer step
     lr: float = 1e-3                   # AdamW on the prompts, cosine schedule
-    weight_decay: float = 0.
+    weight_decay: float = 0.           # AdamW's on the prompts
     threshold: float = 0.              # labeller confidence needed for a FixMatch target (0: every image)
-    randaug_ops: int = 2
-    randaug_magnitude: int = 9
+    randaug_ops: int = 2               # RandAugment operations per strong view
+    randaug_magnitude: int = 9         # RandAugment magnitude (0-30)
     precision: str = "auto"            # "bf16", "fp16" (GPU), "fp32", or "auto" (bf16 where supported)
-    seed: int = 0
+    seed: int = 0                      # the one seed of the run
     grad_accum: int = 1                # micro-batches per optimizer step
     def __post_init__(self):
         check_settings([(self.n_prompts >= 1, "--n-prompts must be at least 1"),
@@ -198,60 +199,43 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
     head, head_loss = fit_head(ssl, spx, idx, y, T.to(dev), s, cfg)
     hp = head_probs(ssl, head, spx)
     for p in model.parameters(): p.requires_grad_(False)
-    bs = min(cfg.batch_size, N); steps = max(1, N // bs); total = cfg.epochs * steps; dist.check_batch(bs)
+    bs = min(cfg.batch_size, N)
+    total = cfg.epochs * max(1, N // bs)
     opt = torch.optim.AdamW([prompts.prompts], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    hist, start, st = NoLAHistory(head_loss=head_loss), 0, {}
-    if out is not None: out = out_dir(out)
-    if resume and out is not None and (out / "state.pt").exists():
-        sd, st = _load_state(out)
-        with torch.no_grad(): prompts.prompts.copy_(sd.pop("__prompts__"))
-        opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"]); start = st["epoch"]
-        hist = NoLAHistory(**{**st["hist"], "head_loss": head_loss})
-    save = lambda epoch, step=0, g=None, partial=None: (_save(out, model, {"__prompts__": prompts.prompts}, opt, sched, hist, epoch, step, g, partial)
-                                                        if dist.is_main else None)
-    Tdev = T.to(dev); model.eval()
+    Tdev = T.to(dev)
+    model.eval()
     def forward(x):                                                                   # this process's strong views -> the micro-batch's logits
         with dist.autocast(): logits = s * model.encode_image(x, normalize=True).float() @ Tdev.T
         return dist.gather_grad(logits)
-    step_fn, opt_ = dist.prepare(LossStep(forward, prompts=prompts), opt)
-    with StopRequest() as stop, prompts.attached(model.visual):
-        for epoch in range(start, cfg.epochs):
-            t0, parts, done = time.time(), [], 0
-            g = generator(cfg.seed * 1000 + epoch)
-            perm = torch.randperm(N, generator=g)[:steps * bs].view(steps, bs)
-            if epoch == start and st.get("step"):                                     # inside an interrupted epoch
-                done = st["step"]; g.set_state(st["g"]); parts = [tuple(q) for q in st["partial"]["parts"]]; t0 -= st["partial"]["seconds"]
-            bar = progress(perm[done:], desc=f"nola epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
-            for b in bar:                                                             # the global batch: views drawn for all of it
-                weak = augment(spx[b], g, pad=max(1, ssl.size // 8))
-                x = norm(strong_views(pixels[b], g, cfg.randaug_ops, cfg.randaug_magnitude))
-                opt_.zero_grad(set_to_none=True); step = []
-                for j, mine in enumerate(dist.micro(b)):
-                    with torch.no_grad(): q = dist.gather(head(ssl.features(weak[mine].to(dev))).softmax(-1))   # the labeller on the weak views
-                    with dist.sync(step_fn, j == dist.grad_accum - 1):
-                        logits = step_fn(x[mine].to(dev))
-                        loss, mask = fixmatch_loss(logits, q, cfg.threshold)
-                        if not torch.isfinite(loss):
-                            raise LatteError(f"Training stopped: the NoLA loss became {loss.item()} in epoch {epoch + 1}, step {len(parts) + 1}. "
-                                             f"Lower --lr (now {cfg.lr:g})." + (f" The last good checkpoint is in {out}." if out is not None and epoch > 0 else ""))
-                        dist.backward(loss)
-                    step.append((loss.item(), mask.mean().item(), (logits.argmax(-1) == q.argmax(-1)).float().mean().item()))
-                opt_.step()
-                if not dist.step_skipped: sched.step()
-                parts.append(tuple(np.mean(step, 0).tolist()))
-                bar.set_postfix(loss=f"{np.mean([p[0] for p in parts[-10:]]):.3f}")
-                if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
-                dist.stop(stop)
-                check_stop(stop, out, epoch, len(parts), steps,
-                           lambda: (save(epoch, len(parts), g, dict(parts=parts, seconds=time.time() - t0)), dist.wait()))
-            a = np.asarray(parts).mean(0)
-            hist.loss.append(float(a[0])); hist.mask.append(float(a[1])); hist.agreement.append(float(a[2]))
-            hist.seconds.append(round(time.time() - t0, 2))
-            if out is not None: save(epoch + 1)
-            dist.wait(); dist.stop(stop); check_stop(stop, out, epoch)
+    step_fn, dist_opt = dist.prepare(LossStep(forward, prompts=prompts), opt)
+
+    def batch(b, g):                                                                  # the global batch: views drawn for all of it
+        weak = augment(spx[b], g, pad=max(1, ssl.size // 8))
+        return weak, norm(strong_views(pixels[b], g, cfg.randaug_ops, cfg.randaug_magnitude))
+    def loss(inputs, b, mine, j):
+        weak, x = inputs
+        with torch.no_grad(): q = dist.gather(head(ssl.features(weak[mine].to(dev))).softmax(-1))   # the labeller, weak views
+        logits = step_fn(x[mine].to(dev))
+        l, mask = fixmatch_loss(logits, q, cfg.threshold)
+        return l, (logits, q, mask)
+    def record(l, aux, b, mine, j):
+        logits, q, mask = aux
+        return l.item(), mask.mean().item(), (logits.argmax(-1) == q.argmax(-1)).float().mean().item()
+    def restore(weights):
+        with torch.no_grad(): prompts.prompts.copy_(weights.pop("__prompts__"))
+
+    with prompts.attached(model.visual):
+        hist = fit("nola", N, cfg, model, opt, sched, dist, step_fn, dist_opt, batch, loss, record,
+                   lambda micro: tuple(np.mean(micro, 0).tolist()),
+                   lambda h, epoch, parts, seconds: append_means(h, ("loss", "mask", "agreement"), parts, seconds),
+                   NoLAHistory(head_loss=head_loss),
+                   extra=lambda: {"__prompts__": prompts.prompts}, restore=restore,
+                   load_hist=lambda d: NoLAHistory(**{**d, "head_loss": head_loss}), out=out, resume=resume,
+                   on_step=on_step, train_mode=False)
     for p in model.parameters(): p.requires_grad_(True)
-    model.eval(); clip._text_cache.clear()
+    model.eval()
+    clip._text_cache.clear()
     after = nola_logits(clip, prompts, T, pixels, norm)
     return dict(T=T, descriptions=desc, logits_before=before, topk_idx=idx, topk_labels=y, head=head, head_probs=hp,
                 prompts=prompts, logits_after=after, history=hist, top_k=k, ssl=ssl.name)
@@ -276,7 +260,70 @@ def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=Fals
         r["topk_top1"] = sc(r["topk_labels"].numpy(), y[r["topk_idx"].numpy()])["top1"]
     return r
 
-# %% ../nbs/22_nola.ipynb 25
+# %% ../nbs/22_nola.ipynb 20
+from pathlib import Path
+from .methods import Method, RunContext, register
+from .report import write_report, TextGen
+from .texts import TextCache
+from .zeroshot import write_run
+from .core import run_files
+
+@dataclass
+class NoLASettings(NoLAConfig, TextGen):
+    "Settings of a NoLA run: the method (`NoLAConfig`) and, for descriptions from a causal LM, the text generation."
+    flags = {"top_k": "--nola-top-k", "threshold": "--nola-threshold"}
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_settings(self.gen_checks())
+
+    def uses_llm(self)->bool:
+        "Whether the class descriptions come from a language model (not the shipped ones or a JSON file)."
+        return self.descriptors != "shipped" and not str(self.descriptors).endswith(".json")
+
+def _nola_check(cfg:NoLASettings):
+    "The text cache of an LLM's descriptions, opened (and a damaged one refused) before any data is read."
+    return TextCache(cfg.text_cache_path()) if cfg.uses_llm() else None
+
+def _write_nola_labels(path, ds, r):
+    "`pseudo_labels.csv`: both labellings of every image, whether it is in the confident set, and NoLA's prediction."
+    import csv
+    text, head, pred = r["logits_before"].argmax(1), r["head_probs"].argmax(1), r["logits_after"].argmax(1)
+    conf = set(r["topk_idx"].tolist())
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "descriptor_label", "in_confident_set", "dino_label", "nola_prediction"])
+        for i in range(len(ds)):
+            w.writerow([ds.keys[i], ds.classes[text[i]], int(i in conf), ds.classes[head[i]], ds.classes[pred[i]]])
+
+def _run_nola(ctx:RunContext)->dict:
+    "NoLA end to end, with every stage's accuracy when the data has labels and `pseudo_labels.csv`."
+    cfg, ds, clip, out = ctx.cfg, ctx.ds, ctx.clip, ctx.out
+    r = run_nola(clip, ds, cfg, out=Path(out) / "checkpoints", resume=ctx.resume, cache=ctx.prepared, gen=cfg.gen(),
+                 dist=ctx.dist)
+    if r is None: return None                                                 # not the first of several processes
+    with run_files(out) as f:                                                 # the run's files: all of them or none
+        m = write_run(out, "nola", ds, clip, r["logits_after"], time.time() - ctx.t0,
+                      zeroshot_top1=r.get("zeroshot_top1"), descriptor_top1=r.get("descriptor_top1"),
+                      topk_top1=r.get("topk_top1"), head_top1=r.get("head_top1"),
+                      descriptor_per_class=r.get("descriptor_per_class"), head_per_class=r.get("head_per_class"),
+                      top_k=r["top_k"], ssl=r["ssl"], n_prompts=cfg.n_prompts, seed=cfg.seed,
+                      config=asdict(cfg), history=asdict(r["history"]))
+        _write_nola_labels(f("pseudo_labels.csv"), ds, r)
+        write_report(out, m)
+    return m
+
+def _nola_summary(m:dict)->str:
+    return (f"zero-shot top-1 {m['zeroshot_top1']}% -> descriptions {m['descriptor_top1']}%, DINO labelling network "
+            f"{m['head_top1']}% -> NoLA {m['top1']}% ({m['n_prompts']} visual prompts)")
+
+register(Method("nola", NoLASettings, _run_nola, "NoLA (2024): LLM class descriptions, a DINO labelling network, "
+                "visual prompts trained FixMatch-style",
+                metrics=("zeroshot_top1", "descriptor_top1", "topk_top1", "head_top1", "descriptor_per_class",
+                         "head_per_class", "top_k", "ssl", "n_prompts", "config", "history"),
+                columns=("zeroshot_top1",), summary=_nola_summary, check=_nola_check))
+
+# %% ../nbs/22_nola.ipynb 27
 @torch.no_grad()
 def prompt_attention(clip, prompts:VisualPrompts, pixels:torch.Tensor, # uint8 (B, H, W, 3)
                      )->np.ndarray:

@@ -5,37 +5,25 @@
 # %% ../nbs/16_report.ipynb 2
 from __future__ import annotations
 import json, time
-from dataclasses import replace, asdict
+from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
 import torch
-from .core import (LatteError, out_dir, write_json, run_files, seed_everything, progress, reset_peak_rss,
-                            default_device)
+from .core import LatteError, check_settings, out_dir, write_json, run_files
 from .data import open_data
-from .models import load_clip, encode_images, templates_for, TEMPLATE
+from .models import templates_for, TEMPLATE
 from .pseudolabels import pseudo_labels, cache_dir
 from .texts import synthetic_texts, AttributeDescriber, JsonlDescriber, TextCache, Texts
 from .train import TrainConfig, finetune, predict
 from .distributed import rank
 from .zeroshot import write_run, scores, zeroshot, rows_to_markdown
+from .methods import Method, RunContext, register, run_method, get, group, load, settings_of
 
 # %% auto 0
-__all__ = ['VARIANTS', 'METHODS', 'ALL', 'ABLATION', 'TABLE_COLS', 'make_describer', 'run_method', 'write_report', 'compare',
-           'plot_table']
+__all__ = ['VARIANTS', 'make_describer', 'TextGen', 'LatteCLIPSettings', 'ZeroShotSettings', 'write_report', 'table_cols',
+           'method_list', 'split_settings', 'compare', 'plot_table']
 
 # %% ../nbs/16_report.ipynb 5
-VARIANTS = {
-    "latteclip": dict(method="latteclip"),
-    "flyp-pseudo": dict(method="flyp", kinds=("class",)),
-    "latteclip-class": dict(method="latteclip", kinds=("class",)),
-    "latteclip-class-image": dict(method="latteclip", kinds=("class", "image")),
-    "latteclip-uniform": dict(method="latteclip", mixer=False),
-    "latteclip-no-zs": dict(method="latteclip", zs_term=False),
-}
-METHODS = ["zeroshot"] + list(VARIANTS) + ["nola", "ueo", "ueo-open", "dac"]
-ALL = ["zeroshot", "flyp-pseudo", "latteclip", "nola", "ueo", "ueo-open", "dac"]   # `--methods all`: every method, no ablations
-ABLATION = ["zeroshot"] + list(VARIANTS)                                 # `--methods ablation`: LatteCLIP's ablations
-
 def make_describer(spec:str,
                    **gen, # for `transformers:`: dtype, device_map, load_in_4bit, batch_size (see `TransformersDescriber`)
                   ):
@@ -49,198 +37,194 @@ def make_describer(spec:str,
         return TransformersDescriber(arg, **{k: v for k, v in gen.items() if v is not None})
     raise LatteError(f"Unknown describer '{spec}': use attributes, transformers:<model id> or jsonl:<path>.")
 
-# %% ../nbs/16_report.ipynb 8
-def _config(cls, base:dict, overrides:dict):
-    "`cls(**base, **overrides)` keeping only the overrides `cls` knows (a flag of another method is ignored); checked now."
-    from dataclasses import fields
-    names = {f.name for f in fields(cls)}
-    return cls(**{**base, **{k: v for k, v in overrides.items() if k in names and v is not None}})
+@dataclass
+class TextGen:
+    "Settings of generated texts: where they are cached and how a Hugging Face model generates them."
+    text_cache: str = None       # JSONL cache of generated texts (default: ~/.cache/latteclip/texts/texts.jsonl)
+    gen_dtype: str = None        # the generating model's weights: auto (the checkpoint's on GPU), float32, float16, bfloat16
+    gen_device_map: str = None   # e.g. auto: spread a large generating model over the GPUs (accelerate)
+    gen_4bit: bool = False       # NF4 4-bit weights with bitsandbytes (CUDA only), as the LatteCLIP paper
+    gen_batch_size: int = None   # requests per generate call (default 4 for a VLM, 8 for an LLM)
 
-def run_method(method:str="latteclip", data=None, classes=None, shift=None, model:str="latteclip-tiny",
-               pretrained:str=None, describer:str="attributes",
-               epochs:int=None, batch_size:int=None, lr:float=None, # None: the method's default (see its config)
-               out="runs/latteclip", seed:int=0, device=None, classifier:str="prototypes", groups_per_class:int=8,
-               text_cache:str=None, resume:bool=False, download:bool=False,
-               shots:int=16, shots_clean:bool=False, # DAC: labelled shots per class; draw them from un-shifted images
-               known_classes=None, # UEO: the known classes (ueo-open default: all but the last 4)
-               gen:dict=None, # text generation (VLM describer, NoLA's LLM): dtype, device_map, load_in_4bit, batch_size
-               ds=None, **overrides)->dict:
-    "Run `method` (zeroshot, ueo, ueo-open, dac, or one of `VARIANTS`) end to end and write its files into `out`; returns the metrics."
-    if method not in METHODS: raise LatteError(f"Unknown method '{method}': choose one of {', '.join(METHODS)}.")
-    if classifier not in ("prototypes", "text"): raise LatteError("--classifier must be prototypes or text.")
-    if method == "dac" and shots < 1: raise LatteError("--shots must be at least 1.")
-    known_from = [o for o in overrides if o not in ("weight_decay", "alpha", "augment", "precision", "grad_accum", "weight_scale", "n_ctx", "lam", "warmup", "momentum",
-                                                  "descriptors", "ssl", "ssl_weights", "n_prompts", "top_k", "threshold")]
-    if known_from: raise LatteError(f"Unknown setting(s) {', '.join(known_from)}.")
-    common = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
-    cfg = None
-    if method in VARIANTS: cfg = _config(TrainConfig, {**asdict(TrainConfig()), **VARIANTS[method]}, {**common, **overrides})   # checked now
-    if method.startswith("ueo"):
-        from latteclip.ueo import UEOConfig
-        cfg = _config(UEOConfig, {}, {**common, **overrides})
-    if method == "nola":
-        from latteclip.nola import NoLAConfig
-        cfg = _config(NoLAConfig, {}, {**common, **overrides})
-    out = out_dir(out); t0 = time.time(); seed_everything(seed); reset_peak_rss()   # peak_rss_mb: this run's own
-    gen = {k: v for k, v in (gen or {}).items() if v is not None}
-    desc = make_describer(describer, **gen) if method in VARIANTS and cfg.kinds != ("class",) else None
-    llm = method == "nola" and cfg.descriptors != "shipped" and not str(cfg.descriptors).endswith(".json")   # NoLA with an LLM
-    cache = (TextCache(Path(text_cache) if text_cache else cache_dir("texts") / "texts.jsonl")                # a damaged cache fails now
-             if desc is not None or llm else None)
-    ds = ds if ds is not None else open_data(data, classes, shift, download=download)
-    if method.startswith("ueo"):
-        from latteclip.ueo import known_split
-        known_split(ds.classes, known_classes, 4 if method == "ueo-open" else 0)   # a bad class name fails before any work
-    from latteclip.distributed import Dist, process_group
-    pg = process_group(device)                                                # launched in several processes: join the group first
-    if pg is not None and method in ("zeroshot", "dac") and not pg.is_main_process: return None   # no data-parallel work in these
-    dist = Dist(device or default_device(), cfg.precision, cfg.grad_accum) if cfg is not None else None
-    if dist is not None: dist.check_batch(min(cfg.batch_size, len(ds)))      # several processes: an even split, checked before any work
-    clip = load_clip(model, pretrained, device)
-    if method == "zeroshot":
-        logits = zeroshot(clip, ds, None)
-        with run_files(out):                                                  # the run's files: all of them or none
-            m = write_run(out, "zeroshot", ds, clip, logits, time.time() - t0, templates=[TEMPLATE], seed=seed)
-            write_report(out, m)
-        return m
-    if method == "dac":                                                       # few-shot: the one method that reads labels
-        from latteclip.dac import run_dac, DACConfig
-        dc = DACConfig(shots=shots, seed=seed); r = run_dac(clip, ds, dc, shots_clean=shots_clean)
-        test = ds.subset(r["rest"]); sc = lambda lg: scores(lg.argmax(1).numpy(), test.labels, len(ds.classes))
-        with run_files(out):
-            m = write_run(out, "dac", test, clip, r["logits"], time.time() - t0,
-                          zeroshot_top1=sc(r["zeroshot"])["top1"], tip_adapter_top1=sc(r["tip_adapter"])["top1"],
-                          shots=shots, shots_clean=shots_clean,
-                          shot_files=[ds.keys[i] for i in r["shot"]], seed=seed, config=asdict(dc),
-                          history=dict(loss=r["losses"]))
-            write_report(out, m)
-        return m
-    if method.startswith("ueo"):                                              # label-free, open set
-        return _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume, dist)
-    if method == "nola": return _run_nola(clip, ds, cfg, out, t0, resume, cache, gen, dist)
+    def gen_checks(self)->list:
+        "The `check_settings` pairs of these settings."
+        return [(self.gen_dtype in (None, "auto", "float32", "float16", "bfloat16"),
+                 "--gen-dtype must be auto, float32, float16 or bfloat16"),
+                (self.gen_batch_size is None or self.gen_batch_size >= 1, "--gen-batch-size: the generation batch size must be at least 1")]
+
+    def gen(self)->dict:
+        "The generation options `TransformersDescriber` and NoLA's LLM take."
+        o = dict(dtype=self.gen_dtype, device_map=self.gen_device_map, load_in_4bit=self.gen_4bit or None,
+                 batch_size=self.gen_batch_size)
+        return {k: v for k, v in o.items() if v is not None}
+
+    def text_cache_path(self)->Path:
+        "The cache file: `text_cache`, or the shared one under the cache folder."
+        return Path(self.text_cache) if self.text_cache else cache_dir("texts") / "texts.jsonl"
+
+@dataclass
+class LatteCLIPSettings(TrainConfig, TextGen):
+    "Settings of LatteCLIP, FLYP on pseudo-labels and the ablations: the training (`TrainConfig`) and the texts."
+    describer: str = "attributes"   # image and group descriptions: attributes (offline), transformers:<model id> or jsonl:<path>
+    classifier: str = "prototypes"  # how the adapted model predicts: prototypes or text
+    groups_per_class: int = 8       # collages (group descriptions) per class
+    flags = {"method": None}        # the training method is the registered method's, not a flag
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_settings([(self.classifier in ("prototypes", "text"), "--classifier must be prototypes or text"),
+                        (self.groups_per_class >= 1, "--groups-per-class must be at least 1")] + self.gen_checks())
+
+@dataclass
+class ZeroShotSettings:
+    "Settings of zero-shot CLIP: nothing is trained."
+    templates: str = None      # single (a photo of a {}.), ensemble (CLIP's 18 prompts) or '|'-separated templates
+    batch_size: int = 256      # images per forward pass
+
+    def __post_init__(self):
+        templates_for(self.templates)
+        check_settings([(self.batch_size >= 1, "--batch-size must be at least 1")])
+
+# %% ../nbs/16_report.ipynb 8
+def _run_zeroshot(ctx:RunContext)->dict:
+    "Zero-shot CLIP: the run's files from the frozen model's logits."
+    logits = zeroshot(ctx.clip, ctx.ds, ctx.cfg.templates, ctx.cfg.batch_size)
+    with run_files(ctx.out):                                                  # the run's files: all of them or none
+        m = write_run(ctx.out, "zeroshot", ctx.ds, ctx.clip, logits, time.time() - ctx.t0,
+                      templates=templates_for(ctx.cfg.templates), seed=ctx.seed)
+        write_report(ctx.out, m)
+    return m
+
+def _latteclip_check(cfg:LatteCLIPSettings)->tuple:
+    "The describer and the text cache, made (and a damaged cache refused) before any data is read."
+    if cfg.kinds == ("class",): return None, None                            # class descriptions only: no generation
+    return make_describer(cfg.describer, **cfg.gen()), TextCache(cfg.text_cache_path())
+
+def _class_texts(ds, labels)->Texts:
+    "Texts of class descriptions only: every image's text is its pseudo-class's description."
+    cls = [TEMPLATE.format(c) for c in ds.classes]
+    return Texts(list(ds.classes), cls, [cls[l] for l in labels], [[t] for t in cls], [[] for _ in ds.classes])
+
+def _evaluator(train, texts, labels, n_classes:int, classifier:str):
+    "The accuracy curve's callback (labels are read only here); `_pred` is kept for the explorer."
+    def evaluate(c, P, feats):
+        r = predict(c, train, texts, P, feats)
+        top1 = {k: scores(v.argmax(1).numpy(), labels, n_classes)["top1"] for k, v in r.items()}
+        return {**top1, "_pred": r.get(classifier, r["text"]).argmax(1).short()}
+    return evaluate
+
+def _run_latteclip(ctx:RunContext)->dict:
+    "LatteCLIP's stages (pseudo-labels, texts, fine-tuning) and the run's files."
+    cfg, ds, clip, dist, out = ctx.cfg, ctx.ds, ctx.clip, ctx.dist, ctx.out
+    desc, cache = ctx.prepared
     train = ds.unlabeled()                                                    # the method never sees a label
     if not dist.is_main: dist.wait()                                          # several processes: the first labels and caches,
     pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model); the others read its cache
     if dist.is_main: dist.wait()
-    zs = scores(pl.labels.numpy(), ds.labels, len(ds.classes))
-    if desc is not None and cfg.kinds != ("class",):                          # stage 2
-        texts = synthetic_texts(train, pl.labels, desc, cache, groups_per_class, seed=seed)
-    else:
-        texts = Texts(list(ds.classes), [TEMPLATE.format(c) for c in ds.classes], [TEMPLATE.format(ds.classes[l]) for l in pl.labels],
-                      [[TEMPLATE.format(c)] for c in ds.classes], [[] for _ in ds.classes])
-    evaluate = None
-    if ds.has_labels:                                                         # accuracy curve only
-        def evaluate(c, P, feats):                                           # "_pred": kept for the explorer
-            r = predict(c, train, texts, P, feats)
-            return {**{k: scores(v.argmax(1).numpy(), ds.labels, len(ds.classes))["top1"] for k, v in r.items()},
-                    "_pred": r.get(classifier, r["text"]).argmax(1).short()}
-    P, hist = finetune(clip, train, pl.labels, texts, cfg, out / "checkpoints", resume, evaluate, dist=dist)   # stages 3-5
+    K = len(ds.classes)
+    zs = scores(pl.labels.numpy(), ds.labels, K)
+    if desc is not None:                                                      # stage 2
+        texts = synthetic_texts(train, pl.labels, desc, cache, cfg.groups_per_class, seed=ctx.seed)
+    else: texts = _class_texts(ds, pl.labels)
+    evaluate = _evaluator(train, texts, ds.labels, K, cfg.classifier) if ds.has_labels else None
+    P, hist = finetune(clip, train, pl.labels, texts, cfg, out / "checkpoints", ctx.resume, evaluate, dist=dist)
     if not dist.is_main: return None                                          # the first process evaluates and writes the run
     preds = [e.pop("_pred").tolist() for e in hist.eval if "_pred" in e]
     logits = predict(clip, train, texts, P)
-    primary = logits.get(classifier, logits["text"])
+    primary = logits.get(cfg.classifier, logits["text"])
     from latteclip.explore import write_explore, final_mixer_weights
+    data = ctx.data
     spec = str(Path(data).expanduser().resolve()) if data and Path(str(data)).expanduser().exists() else data
     weights = final_mixer_weights(clip, texts, pl.labels, P.P) if P is not None else None
+    top1 = {k: scores(v.argmax(1).numpy(), ds.labels, K)["top1"] for k, v in logits.items()}
     extra = dict(zeroshot_top1=zs["top1"], zeroshot_per_class_mean=zs["per_class_mean"],
-                 top1_text=scores(logits["text"].argmax(1).numpy(), ds.labels, len(ds.classes))["top1"],
-                 top1_prototypes=scores(logits["prototypes"].argmax(1).numpy(), ds.labels, len(ds.classes))["top1"] if "prototypes" in logits else None,
-                 classifier=classifier if "prototypes" in logits else "text", describer=getattr(desc, "id", None),
-                 text_calls=getattr(texts, "calls", 0), seed=seed,
+                 top1_text=top1["text"], top1_prototypes=top1.get("prototypes"),
+                 classifier=cfg.classifier if "prototypes" in logits else "text", describer=getattr(desc, "id", None),
+                 text_calls=getattr(texts, "calls", 0), seed=ctx.seed,
                  config={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                  history=dict(loss=hist.loss, seconds=hist.seconds, agreement=hist.agreement, eval=hist.eval))
     with run_files(out):                                                      # explore.json, metrics.json...: together
         write_explore(out, ds, pl.labels, texts, weights, preds, spec)
-        m = write_run(out, method, ds, clip, primary, time.time() - t0, **extra)
+        m = write_run(out, ctx.method.name, ds, clip, primary, time.time() - ctx.t0, **extra)
         write_report(out, m, hist)
     return m
 
+def _latteclip_summary(m:dict)->str:
+    return (f"zero-shot top-1 {m['zeroshot_top1']}% -> {m['method']} {m['top1']}% "
+            f"(text classifier {m['top1_text']}%, prototypes {m['top1_prototypes']}%)")
+
+register(Method("zeroshot", ZeroShotSettings, _run_zeroshot, "zero-shot CLIP with class-name prompts (the baseline)",
+                metrics=("templates",), groups=("all", "ablation"), data_parallel=False, resumable=False))
+VARIANTS = {                                                                  # name: (what it is, its settings, its sets)
+    "latteclip": ("LatteCLIP (WACV 2025): pseudo-labels, three kinds of text, prototypes, the Dynamic Feature Mixer",
+                  dict(method="latteclip"), ("all", "ablation")),
+    "flyp-pseudo": ("FLYP on the zero-shot pseudo-labels: CLIP's loss with class descriptions only",
+                    dict(method="flyp", kinds=("class",)), ("all", "ablation")),
+    "latteclip-class": ("ablation: class descriptions only", dict(method="latteclip", kinds=("class",)), ("ablation",)),
+    "latteclip-class-image": ("ablation: class and image descriptions, no group descriptions",
+                              dict(method="latteclip", kinds=("class", "image")), ("ablation",)),
+    "latteclip-uniform": ("ablation: uniform weights instead of the Dynamic Feature Mixer",
+                          dict(method="latteclip", mixer=False), ("ablation",)),
+    "latteclip-no-zs": ("ablation: without the frozen zero-shot term", dict(method="latteclip", zs_term=False), ("ablation",)),
+}
+for _name, (_doc, _defaults, _groups) in VARIANTS.items():
+    register(Method(_name, LatteCLIPSettings, _run_latteclip, _doc, _defaults, groups=_groups,
+                    metrics=("zeroshot_top1", "zeroshot_per_class_mean", "top1_text", "top1_prototypes", "classifier",
+                             "describer", "text_calls", "config", "history"),
+                    columns=("zeroshot_top1", "top1_text", "top1_prototypes"),
+                    summary=_latteclip_summary, check=_latteclip_check))
+
 # %% ../nbs/16_report.ipynb 10
-def _run_ueo(method, clip, ds, cfg, known_classes, out, t0, resume=False, dist=None):
-    import csv
-    from latteclip.ueo import run_ueo
-    r = run_ueo(clip, ds, cfg, known_classes, 4 if method == "ueo-open" else 0, out=Path(out) / "checkpoints", resume=resume, dist=dist)
-    if r is None: return None                                                 # not the first of several processes
-    names = r["known_classes"]
-    if ds.has_labels:                                                         # scored on the known-class images
-        keep = np.flatnonzero(r["is_known"]).tolist()
-        test = ds.subset(keep)._copy(classes=names, labels=r["known_labels"][keep].tolist())
-    else: keep, test = list(range(len(ds))), ds._copy(classes=names)
-    h = r["history"]
-    prob = r["logits_after"].float().softmax(-1); msp, pred = prob.max(-1)
-    known = "is_known" in r
-    with run_files(out) as f:                                                 # the run's files: all of them or none
-        m = write_run(out, method, test, clip, r["logits_after"][keep], time.time() - t0,
-                      auroc=r.get("ueo_auroc"), zeroshot_top1=r.get("zeroshot_top1"),
-                      zeroshot_per_class_mean=r.get("zeroshot_per_class_mean"),
-                      zeroshot_auroc=r.get("zeroshot_auroc"), known_classes=names, n_unlabeled=len(ds),
-                      n_unknown_images=int((~r["is_known"]).sum()) if known else None, seed=cfg.seed,
-                      weight_scale=cfg.weight_scale if cfg.weight_scale is not None else clip.logit_scale,
-                      config=asdict(cfg),
-                      history=dict(loss=h.loss, sharpen=h.sharpen, marginal=h.marginal, seconds=h.seconds))
-        with open(f("open_set.csv"), "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path", "prediction", "max_softmax"] + (["known_class"] if known else []))
-            for i in range(len(ds)):
-                w.writerow([ds.keys[i], names[pred[i]], f"{msp[i]:.4f}"] + ([int(r["is_known"][i])] if known else []))
-        write_report(out, m)
-    return m
-
-# %% ../nbs/16_report.ipynb 13
-def _run_nola(clip, ds, cfg, out, t0, resume=False, cache=None, gen=None, dist=None):
-    import csv
-    from latteclip.nola import run_nola
-    r = run_nola(clip, ds, cfg, out=Path(out) / "checkpoints", resume=resume, cache=cache, gen=gen, dist=dist)
-    if r is None: return None                                                 # not the first of several processes
-    h = r["history"]
-    text, head = r["logits_before"].argmax(1), r["head_probs"].argmax(1); conf = set(r["topk_idx"].tolist())
-    pred = r["logits_after"].argmax(1)
-    with run_files(out) as f:                                                 # the run's files: all of them or none
-        m = write_run(out, "nola", ds, clip, r["logits_after"], time.time() - t0,
-                      zeroshot_top1=r.get("zeroshot_top1"), descriptor_top1=r.get("descriptor_top1"),
-                      topk_top1=r.get("topk_top1"), head_top1=r.get("head_top1"),
-                      descriptor_per_class=r.get("descriptor_per_class"), head_per_class=r.get("head_per_class"),
-                      top_k=r["top_k"], ssl=r["ssl"], n_prompts=cfg.n_prompts, seed=cfg.seed,
-                      config=asdict(cfg), history=asdict(h))
-        with open(f("pseudo_labels.csv"), "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path", "descriptor_label", "in_confident_set", "dino_label", "nola_prediction"])
-            for i in range(len(ds)):
-                w.writerow([ds.keys[i], ds.classes[text[i]], int(i in conf), ds.classes[head[i]], ds.classes[pred[i]]])
-        write_report(out, m)
-    return m
-
-# %% ../nbs/16_report.ipynb 14
 def write_report(out, # the run's folder
                  m:dict, hist=None, # the run's metrics and, for a training run, its `History`
                 ):
     "Write `report.md` (and `curves.png`) for a finished run, both or neither."
     with run_files(out) as f: _write_report(f, m, hist)
 
+def _report_rows(m:dict)->list:
+    "The numbers of `report.md`: top-1, the method's own scalar metrics, then size, time and memory."
+    own = load()[m["method"]].metrics if m.get("method") in load() else ()
+    keys = ["top1", "per_class_mean", *own, "n_images", "n_classes", "seconds", "peak_rss_mb"]
+    scalar = lambda v: v is None or isinstance(v, (int, float, str))
+    return [dict(metric=k, value=m.get(k)) for k in dict.fromkeys(keys) if k in m and scalar(m[k])]
+
+def _plot_curves(hist, m:dict, path):
+    "Training loss and, when the data has labels, top-1 per epoch."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 2, figsize=(9, 2.8))
+    ep = range(1, len(hist.loss) + 1)
+    axs[0].plot(ep, hist.loss, marker="o")
+    axs[0].set_xlabel("epoch")
+    axs[0].set_ylabel("training loss")
+    if hist.eval:
+        for k in hist.eval[0]: axs[1].plot(ep, [e[k] for e in hist.eval], marker="o", label=f"{k} classifier")
+        if m.get("zeroshot_top1") is not None:
+            axs[1].axhline(m["zeroshot_top1"], color="gray", ls="--", label="zero-shot")
+        axs[1].set_xlabel("epoch")
+        axs[1].set_ylabel("top-1 (%)")
+        axs[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
 def _write_report(f, m:dict, hist=None):
     "The body of `write_report`: its files are written to the paths the `RunFiles` `f` hands out."
-    import matplotlib.pyplot as plt
     lines = [f"# {m['method']} on {m['dataset']}" + (f" ({m['shift']})" if m.get("shift") else ""), ""]
-    rows = [dict(metric=k, value=m.get(k)) for k in ["top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "tip_adapter_top1", "shots", "descriptor_top1", "topk_top1", "head_top1",
-                                                     "auroc", "zeroshot_auroc",
-                                                     "n_images", "n_classes", "seconds", "peak_rss_mb"] if k in m]
-    lines += [rows_to_markdown(rows), ""]
+    lines += [rows_to_markdown(_report_rows(m)), ""]
     if hist is not None and hist.loss:
-        fig, axs = plt.subplots(1, 2, figsize=(9, 2.8)); ep = range(1, len(hist.loss) + 1)
-        axs[0].plot(ep, hist.loss, marker="o"); axs[0].set_xlabel("epoch"); axs[0].set_ylabel("training loss")
-        if hist.eval:
-            for k in hist.eval[0]: axs[1].plot(ep, [e[k] for e in hist.eval], marker="o", label=f"{k} classifier")
-            if m.get("zeroshot_top1") is not None: axs[1].axhline(m["zeroshot_top1"], color="gray", ls="--", label="zero-shot")
-            axs[1].set_xlabel("epoch"); axs[1].set_ylabel("top-1 (%)"); axs[1].legend(fontsize=7)
-        fig.tight_layout(); fig.savefig(f("curves.png"), dpi=90); plt.close(fig)
+        _plot_curves(hist, m, f("curves.png"))
         lines += ["![curves](curves.png)", ""]
     if f.exists("confusion.png"): lines += ["![confusion matrix](confusion.png)", ""]
     if m.get("skipped"):
-        lines += [f"## Skipped files ({len(m['skipped'])})", ""] + [f"- `{s['path']}`: {s['reason']}" for s in m["skipped"]] + [""]
+        lines += [f"## Skipped files ({len(m['skipped'])})", ""]
+        lines += [f"- `{s['path']}`: {s['reason']}" for s in m["skipped"]] + [""]
     f("report.md").write_text("\n".join(lines))
 
-# %% ../nbs/16_report.ipynb 16
-TABLE_COLS = ["method", "top1", "per_class_mean", "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "n_images", "seconds"]
+# %% ../nbs/16_report.ipynb 12
+def table_cols(methods:list)->list:
+    "The columns of `compare`'s table: top-1 and per-class mean, then the registered `columns` of `methods`."
+    own = [c for m in methods if m in load() for c in load()[m].columns]
+    return list(dict.fromkeys(["method", "top1", "per_class_mean", *own, "n_images", "seconds"]))
 
 def _finished(path, ds, shift, kw)->dict|None:
     "The metrics of a finished run in `path` made on the same data, shift, model and seed, else None."
@@ -251,28 +235,55 @@ def _finished(path, ds, shift, kw)->dict|None:
             and m.get("model") == kw.get("model", "latteclip-tiny") and m.get("seed", 0) == kw.get("seed", 0))
     return m if same else None
 
+def method_list(methods)->list:
+    "`methods` as a list of registered names: a comma-separated string, a list, `all` or `ablation`."
+    if isinstance(methods, str):
+        methods = group(methods.strip()) if methods.strip() in ("all", "ablation") else methods.split(",")
+    methods = [m.strip() for m in methods if m.strip()]
+    known = load()
+    bad = [m for m in methods if m not in known]
+    if bad: raise LatteError(f"Unknown method(s) {', '.join(bad)}: choose from {', '.join(known)}.")
+    if not methods: raise LatteError("--methods names no method: give a comma-separated list, all or ablation.")
+    return methods
+
+_RUN_ARGS = ("model", "pretrained", "seed", "device")                        # what every method takes (see `run_method`)
+
+def split_settings(methods:list, kw:dict)->dict:
+    "Each method's share of the settings `kw` (by field name); a setting none of `methods` takes is refused."
+    known = load()
+    own = {m: {f.name for f in fields(known[m].settings)} for m in methods}
+    given = {k: v for k, v in kw.items() if v is not None and k not in _RUN_ARGS}
+    stray = [k for k in given if not any(k in s for s in own.values())]
+    if stray: raise LatteError(f"None of {', '.join(methods)} takes {', '.join(stray)} (see `latteclip methods`).")
+    run = {k: kw[k] for k in _RUN_ARGS if k in kw}
+    return {m: {**run, **{k: v for k, v in given.items() if k in own[m]}} for m in methods}
+
 def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
-            reuse:bool=False, # keep a method's finished run in `out/<method>/` (same data, shift, model and seed) instead of running it again
-            **kw)->list:
+            reuse:bool=False, # keep a method's finished run in `out/<method>/` (same data, shift, model and seed)
+            download:bool=False, ds=None, # an `ImageSet` already open (then data, classes and shift are not read)
+            **kw, # model, pretrained, seed, device, and settings: each method gets the ones it takes
+           )->list:
     "Run each method on the same data into `out/<method>/`; write `table.md`, `.json` and `.png`; return the rows."
-    named = {"all": ALL, "ablation": ABLATION}
-    if isinstance(methods, str): methods = named.get(methods.strip()) or [m.strip() for m in methods.split(",") if m.strip()]
-    methods = list(methods)
-    bad = [m for m in methods if m not in METHODS]
-    if bad: raise LatteError(f"Unknown method(s) {', '.join(bad)}: choose from {', '.join(METHODS)}.")
-    out = out_dir(out); ds = open_data(data, classes, shift, download=kw.pop("download", False))
-    rows = []
-    cols = ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean", "zeroshot_top1",
-            "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "seconds", "peak_rss_mb", "skipped"]
+    methods = method_list(methods)
+    per = split_settings(methods, kw)
+    for m in methods:                            # every method's settings and own checks, before any method runs
+        method = get(m)
+        cfg = method.config(**settings_of(method, per[m].get("seed", 0), per[m]))
+        if method.check is not None: method.check(cfg)
+    out = out_dir(out)
+    ds = ds if ds is not None else open_data(data, classes, shift, download=download)
+    rows, cols = [], ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean",
+                      "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "seconds",
+                      "peak_rss_mb", "skipped"]
     for m in methods:                            # one staged set each: a method's run and the table with its row
         with run_files(out, f"the previous results in {out / m} and the table in {out}") as f:
             r = _finished(out / m, ds, shift, kw) if reuse else None
             if r is not None: print(f"{m}: reusing the finished run in {out / m}")
-            else: r = run_method(m, data=data, classes=classes, shift=shift, out=out / m, ds=ds, **kw)
+            else: r = run_method(m, data=data, classes=classes, shift=shift, out=out / m, ds=ds, **per[m])
             if r is None or rank() > 0: continue                      # launched in several processes: the first writes
             rows.append({k: r.get(k) for k in cols})
             write_json(rows, out / "table.json")
-            f("table.md").write_text(rows_to_markdown(rows, TABLE_COLS) + "\n")
+            f("table.md").write_text(rows_to_markdown(rows, table_cols(methods)) + "\n")
             plot_table(rows, f("table.png"))
     return rows
 
@@ -287,8 +298,13 @@ def plot_table(rows:list, path=None):
         zs = [r for r in rows if r["method"] == "zeroshot"]
         if zs: ax.axhline(zs[0]["top1"], color="gray", ls="--", lw=1, label="zero-shot")
         ax.legend(fontsize=7, loc="lower right")
-    ax.set_ylabel("top-1 (%)"); ax.tick_params(axis="x", rotation=30, labelsize=8)
-    title = rows[0].get("dataset", "") + (f" ({rows[0]['shift']})" if rows and rows[0].get("shift") else "") if rows else ""
-    ax.set_title(title, fontsize=9); fig.tight_layout()
-    if path: fig.savefig(path, dpi=90); plt.close(fig)
+    ax.set_ylabel("top-1 (%)")
+    ax.tick_params(axis="x", rotation=30, labelsize=8)
+    title = ""
+    if rows: title = rows[0].get("dataset", "") + (f" ({rows[0]['shift']})" if rows[0].get("shift") else "")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
     return fig

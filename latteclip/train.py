@@ -4,40 +4,39 @@
 
 # %% ../nbs/15_train.ipynb 2
 from __future__ import annotations
-import json, math, os, pickle, time
+import json, math, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
-from safetensors.torch import save_file, load_file
-from .core import (LatteError, Interrupted, StopRequest, check_settings, progress, seed_everything, generator,
-                            out_dir, write_json, fsync_path, torch_save)
+from .core import LatteError, check_settings, seed_everything
 from .models import encode_images, encode_texts, encode_tokens
 from .pretrain import load_pixels, augment, _normalizer, _param_groups
 from .prototypes import Prototypes
 from .mixer import text_weights, mix, targets, KINDS
 from .distributed import Dist
+from .loop import fit, LossStep
 
 # %% auto 0
 __all__ = ['TrainConfig', 'History', 'TextBank', 'encode_pixels', 'clip_loss', 'group_picks', 'latteclip_loss', 'flyp_loss',
-           'LossStep', 'check_stop', 'finetune', 'predict']
+           'finetune', 'predict']
 
 # %% ../nbs/15_train.ipynb 5
 @dataclass
 class TrainConfig:
     "Hyper-parameters of `finetune`."
     method: str = "latteclip"          # "latteclip" or "flyp" (FLYP on the zero-shot pseudo-labels)
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 5e-5
-    weight_decay: float = 0.2
+    epochs: int = 10                   # passes over the unlabeled images
+    batch_size: int = 256              # images per optimizer step (the global batch over all processes)
+    lr: float = 5e-5                   # AdamW, cosine schedule (the authors: 1e-7 for a large pre-trained CLIP)
+    weight_decay: float = 0.2          # AdamW's, on weights only (not norms, biases, logit scale)
     warmup: int = 0                    # warm-up steps of the cosine schedule
     alpha: float = 0.01                # target = normalise(P[y] + alpha (mixed - P[y])); prototype momentum = 1 - alpha
-    kinds: tuple = KINDS               # which texts enter the mixer
+    kinds: tuple = KINDS               # which texts enter the mixer: class, image, group (comma-separated)
     mixer: bool = True                 # False: uniform weights over the texts (ablation)
     ft_term: bool = True               # the term with the fine-tuned model's pseudo-labels
     zs_term: bool = True               # the term with the frozen zero-shot pseudo-labels (paper: on)
-    seed: int = 0
+    seed: int = 0                      # the one seed of the run
     precision: str = "auto"            # "bf16", "fp16" (GPU), "fp32", or "auto" (bf16 where supported)
     augment: bool = True               # random translation (1/8 of the side) and flip
     grad_accum: int = 1                # micro-batches per optimizer step (the contrastive negatives come from one micro-batch)
@@ -123,59 +122,11 @@ def flyp_loss(model, f, y_zs, bank:TextBank, gather=None):
     g_cls = bank.encode(model, bank.cls, f.device)                                 # (K, D)
     return clip_loss(gather(f), gather(g_cls[y_zs]), model.logit_scale.exp())
 
-class LossStep(torch.nn.Module):
-    "A training step's forward as a module over the trained modules, so that DDP sees (and synchronises) the whole step."
-    def __init__(self, fn, **modules):
-        super().__init__(); self.fn = fn
-        for k, m in modules.items(): self.add_module(k, m)
-    def forward(self, *args, **kwargs): return self.fn(*args, **kwargs)
-
 # %% ../nbs/15_train.ipynb 13
-def _save(out, model, extra:dict, opt, sched, hist, epoch:int, step:int=0, g=None, partial:dict=None):
-    """Write the weights (and the `extra` tensors), then the optimiser state, each to a temporary file synced to the
-    disk, then rename both into place; both carry `epoch:step`. If either cannot be written (a full disk), both
-    temporaries are deleted and the previous checkpoint stays whole."""
-    tag = f"{epoch}:{step}"
-    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    sd.update({k: v.detach().contiguous() for k, v in extra.items()})
-    ck, st = out / "checkpoint.safetensors.tmp", out / "state.pt.tmp"
-    try:
-        save_file(sd, str(ck), metadata={"tag": tag})
-        fsync_path(ck)
-        torch_save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch, step=step, tag=tag,
-                        g=g.get_state() if g is not None else None, partial=partial or {},
-                        hist={k: v for k, v in asdict(hist).items()}), st)
-    except BaseException:
-        for t in (ck, st): t.unlink(missing_ok=True)
-        raise
-    os.replace(ck, out / "checkpoint.safetensors")                                   # a kill between the two renames
-    os.replace(st, out / "state.pt")                                                 # leaves a complete state.pt.tmp
-    fsync_path(out)
-
-def _load_state(out:Path)->tuple:
-    "The weights and the matching optimiser state of the last complete checkpoint in `out`."
-    from safetensors import safe_open
-    def load(f):
-        try: return torch.load(f, weights_only=True)
-        except pickle.UnpicklingError: raise LatteError(f"Refused to resume from {f}: it holds code or objects other than tensors.") from None
-    with safe_open(out / "checkpoint.safetensors", "pt") as fh: tag = (fh.metadata() or {}).get("tag")
-    s = load(out / "state.pt")
-    if tag is not None and s.get("tag", tag) != tag and (out / "state.pt.tmp").exists():     # killed between the renames
-        s = load(out / "state.pt.tmp"); os.replace(out / "state.pt.tmp", out / "state.pt")
-    if tag is not None and s.get("tag", tag) != tag:
-        raise LatteError(f"The checkpoint in {out} is inconsistent (weights at {tag}, optimiser at {s.get('tag')}): start again without --resume.")
-    return load_file(out / "checkpoint.safetensors"), s
-
-def check_stop(stop:StopRequest, out, # the active `StopRequest` and the checkpoint folder (or None)
-               epoch:int, step:int=None, steps:int=None, # 0-based epoch; `step` of `steps` when inside the epoch
-               save=None, # called (no arguments) to write the mid-epoch checkpoint
-              ):
-    "Raise `Interrupted` when SIGINT/SIGTERM arrived: inside an epoch after `save()`, at its end after the epoch's own save."
-    if not stop or (step is not None and step >= steps): return      # the last step of an epoch: the epoch's save comes next
-    where = f"a checkpoint is in {out}: add --resume to go on" if out is not None else "no checkpoint folder was given"
-    if step is not None and out is not None: save()
-    at = f"in epoch {epoch + 1}, step {step} of {steps}" if step is not None else f"after epoch {epoch + 1}"
-    raise Interrupted(f"stopped by signal {stop.signum} {at}; {where}.")
+def _cosine(opt, warmup:int, total:int):
+    "Linear warm-up for `warmup` steps, then cosine decay to 0 at step `total`."
+    def f(s): return (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              y_zs:torch.Tensor, # (N,) zero-shot pseudo-labels (stage 1)
@@ -186,34 +137,26 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              on_step=None, # optional callback(epoch, step, loss) after each optimizer step (used by the benchmark)
              dist:Dist=None, # the process group (None: made from `cfg`; several processes when launched by accelerate)
             )->tuple:
-    "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`. SIGINT/SIGTERM stop it at the next step with a checkpoint."
-    cfg = cfg or TrainConfig(); seed_everything(cfg.seed)
+    "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`. SIGINT/SIGTERM stop it with a checkpoint."
+    cfg = cfg or TrainConfig()
+    seed_everything(cfg.seed)
     if cfg.method not in ("latteclip", "flyp"): raise LatteError(f"Unknown training method {cfg.method}.")
     model, dev = clip.model, clip.device
     dist = dist or Dist(dev, cfg.precision, cfg.grad_accum)
     y_zs = torch.as_tensor(y_zs, dtype=torch.long)
     bank = TextBank(texts, clip.tokenizer)
     pixels = torch.from_numpy(load_pixels(ds, clip.image_size))                    # (N, H, W, 3) uint8
-    norm = _normalizer(clip); N = len(ds)
-    bs = min(cfg.batch_size, N); steps = max(1, N // bs); dist.check_batch(bs)
+    norm, N = _normalizer(clip), len(ds)
+    steps = max(1, N // min(cfg.batch_size, N))
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    total = cfg.epochs * steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / cfg.warmup if s < cfg.warmup else
-                                              0.5 * (1 + math.cos(math.pi * (s - cfg.warmup) / max(1, total - cfg.warmup))))
+    sched = _cosine(opt, cfg.warmup, cfg.epochs * steps)
     P = None
     if cfg.method == "latteclip":
-        with torch.no_grad(): model.eval(); P = Prototypes(bank.encode(model, bank.cls, dev).float(), momentum=1 - cfg.alpha).to(dev)
-    hist, start, s = History(), 0, {}
+        with torch.no_grad():
+            model.eval()
+            P = Prototypes(bank.encode(model, bank.cls, dev).float(), momentum=1 - cfg.alpha).to(dev)
+    hist = History()
     if P is not None: hist.prototypes.append(P.P.cpu().clone())
-    if out is not None: out = out_dir(out)
-    if resume and out is not None and (out / "state.pt").exists():
-        sd, s = _load_state(out)
-        if P is not None: P.P.copy_(sd.pop("__prototypes__"))
-        model.load_state_dict(sd)
-        opt.load_state_dict(s["opt"]); sched.load_state_dict(s["sched"]); start = s["epoch"]; hist = History(**s["hist"])
-    last_good = start if out is not None and (out / "state.pt").exists() else None
-    extra = lambda: {"__prototypes__": P.P} if P is not None else {}
-    save = lambda *a: _save(out, model, extra(), opt, sched, hist, *a) if dist.is_main else None
     gather = dist.gather_grad if dist.world > 1 else None
     def forward(x, idx, y, pick):                                                  # the whole step: DDP synchronises it
         with dist.autocast():
@@ -221,54 +164,48 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
             if cfg.method == "flyp": return flyp_loss(model, f, y, bank, gather), None, None, None
             loss, parts, mixed, labs, y_ft = latteclip_loss(model, f, idx, y, P, bank, cfg, pick, gather)
             return loss, mixed, labs, y_ft
-    step_fn, opt_ = dist.prepare(LossStep(forward, model=model), opt)
-    with StopRequest() as stop:
-        for epoch in range(start, cfg.epochs):
-            model.train(); t0, losses, agree, done = time.time(), [], [], 0
-            g = generator(cfg.seed * 1000 + epoch)
-            perm = torch.randperm(N, generator=g)[:steps * bs].view(steps, bs)
-            if epoch == start and s.get("step"):                                   # resume inside an interrupted epoch
-                done = s["step"]; g.set_state(s["g"]); losses, agree = list(s["partial"]["losses"]), list(s["partial"]["agree"])
-                t0 -= s["partial"]["seconds"]
-            bar = progress(perm[done:], desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
-            for idx in bar:                                                        # `idx`: the global batch, the same in every process
-                x = pixels[idx]                                                    # augmented and drawn for the whole batch, then split:
-                x = augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.
-                pick = group_picks(bank, y_zs[idx], g) if cfg.method == "latteclip" else None   # the random stream of one process
-                x, step_loss = norm(x), 0.
-                opt_.zero_grad(set_to_none=True)
-                for j, mine in enumerate(dist.micro(idx)):                         # this process's part of each micro-batch
-                    with dist.sync(step_fn, j == dist.grad_accum - 1):
-                        loss, mixed, labs, y_ft = step_fn(x[mine].to(dev), idx[mine], y_zs[idx[mine]].to(dev),
-                                                          pick[mine] if pick is not None else None)
-                        loss = loss.float()
-                        if not torch.isfinite(loss):
-                            where = (f"The last good checkpoint (after epoch {last_good}) is in {out}: resume from it with --resume and a lower --lr."
-                                     if last_good is not None else "No checkpoint was written yet.")
-                            raise LatteError(f"Training stopped: the loss became {loss.item()} in epoch {epoch + 1}, step {len(losses) + 1}. "
-                                             f"Lower --lr (now {cfg.lr:g}). {where}")
-                        dist.backward(loss)
-                    step_loss += loss.item() / dist.grad_accum
-                    if P is not None:                                              # every process: the same global update
-                        P.update(dist.gather(mixed.float()), dist.gather(labs))
-                        agree.append(dist.mean((y_ft.cpu() == y_zs[idx[mine]]).float().mean().item()))
-                opt_.step()
-                if not dist.step_skipped: sched.step()
-                with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
-                losses.append(step_loss); bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-                if on_step is not None: on_step(epoch, len(losses), losses[-1])
-                dist.stop(stop)                                                    # SIGINT/SIGTERM in any process: all save mid-epoch and stop
-                check_stop(stop, out, epoch, len(losses), steps,
-                           lambda: (save(epoch, len(losses), g, dict(losses=losses, agree=agree, seconds=time.time() - t0)), dist.wait()))
-            hist.loss.append(float(np.mean(losses))); hist.seconds.append(round(time.time() - t0, 2))
-            hist.agreement.append(float(np.mean(agree)) if agree else None)
-            if P is not None: hist.prototypes.append(P.P.cpu().clone())
-            clip._text_cache.clear(); model.eval()
-            if evaluate is not None and dist.is_main: hist.eval.append(evaluate(clip, P, encode_pixels(clip, pixels, norm)))
-            if out is not None: save(epoch + 1); last_good = epoch + 1
-            dist.wait(); dist.stop(stop); check_stop(stop, out, epoch)
-            if stop_after is not None and epoch + 1 >= stop_after: break
-    model.eval(); clip._text_cache.clear()
+    step_fn, dist_opt = dist.prepare(LossStep(forward, model=model), opt)
+
+    def batch(idx, g):                                                             # augmented and drawn for the whole batch
+        x = pixels[idx]
+        pad = max(1, clip.image_size // 8)
+        x = augment(x, g, pad=pad) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.
+        pick = group_picks(bank, y_zs[idx], g) if cfg.method == "latteclip" else None   # the random stream of one process
+        return norm(x), pick
+    def loss(inputs, idx, mine, j):
+        x, pick = inputs
+        l, mixed, labs, y_ft = step_fn(x[mine].to(dev), idx[mine], y_zs[idx[mine]].to(dev),
+                                       pick[mine] if pick is not None else None)
+        return l, (mixed, labs, y_ft)
+    def record(l, aux, idx, mine, j):
+        if P is None: return l.item(), None
+        mixed, labs, y_ft = aux                                                    # every process: the same global update
+        P.update(dist.gather(mixed.float()), dist.gather(labs))
+        return l.item(), dist.mean((y_ft.cpu() == y_zs[idx[mine]]).float().mean().item())
+    def summarise(micro):
+        step_loss = 0.
+        for l, _ in micro: step_loss += l / dist.grad_accum
+        return step_loss, [a for _, a in micro if a is not None]
+    def end_epoch(h, epoch, parts, seconds):
+        agree = [a for _, step_agree in parts for a in step_agree]               # fraction of y_ft == y_zs, per micro-batch
+        h.loss.append(float(np.mean([p[0] for p in parts])))
+        h.seconds.append(round(seconds, 2))
+        h.agreement.append(float(np.mean(agree)) if agree else None)
+        if P is not None: h.prototypes.append(P.P.cpu().clone())
+        clip._text_cache.clear()
+        model.eval()
+        if evaluate is not None and dist.is_main: h.eval.append(evaluate(clip, P, encode_pixels(clip, pixels, norm)))
+    def restore(weights):
+        if P is not None: P.P.copy_(weights.pop("__prototypes__"))
+        model.load_state_dict(weights)
+    def clamp_scale():
+        with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
+
+    hist = fit(cfg.method, N, cfg, model, opt, sched, dist, step_fn, dist_opt, batch, loss, record, summarise, end_epoch,
+               hist, extra=lambda: {"__prototypes__": P.P} if P is not None else {}, restore=restore, out=out,
+               resume=resume, after_step=clamp_scale, on_step=on_step, stop_after=stop_after)
+    model.eval()
+    clip._text_cache.clear()
     return P, hist
 
 # %% ../nbs/15_train.ipynb 15

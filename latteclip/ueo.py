@@ -11,12 +11,13 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, Interrupted, StopRequest, check_settings, seed_everything, generator, progress, out_dir
 from .models import TEMPLATE, zeroshot_classifier
 from .pretrain import load_pixels, augment, _normalizer
-from .train import encode_pixels, _save, _load_state, check_stop, LossStep
+from .train import encode_pixels
+from .loop import fit, LossStep, append_means
 from .distributed import Dist
 
 # %% auto 0
 __all__ = ['entropy', 'ueo_loss', 'confidence_weights', 'PromptLearner', 'norm_affines', 'known_split', 'auroc', 'UEOConfig',
-           'UEOHistory', 'ueo_predict', 'fit_ueo', 'run_ueo']
+           'UEOHistory', 'ueo_predict', 'fit_ueo', 'run_ueo', 'UEOSettings']
 
 # %% ../nbs/21_ueo.ipynb 6
 def entropy(p:torch.Tensor, dim:int=-1)->torch.Tensor:
@@ -101,17 +102,17 @@ def auroc(score, known)->float|None:
 @dataclass
 class UEOConfig:
     "Hyper-parameters of UEO (see the table at the top of this notebook)."
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = 10                   # passes over the unlabeled images
+    batch_size: int = 64               # images per optimizer step (the marginal entropy is over it)
+    lr: float = 1e-4                   # SGD with momentum, cosine schedule
+    momentum: float = 0.9              # SGD momentum
+    weight_decay: float = 5e-4         # SGD weight decay
     lam: float = 1.0                   # weight of the marginal-entropy term
     weight_scale: float = None         # s_w of the confidence weights; None: the model's logit scale; authors' code: 1
-    n_ctx: int = 4
-    augment: bool = True
+    n_ctx: int = 4                     # learnable text context tokens
+    augment: bool = True               # random translation (1/8 of the side) and flip
     precision: str = "auto"            # "bf16", "fp16" (GPU), "fp32", or "auto" (bf16 where supported)
-    seed: int = 0
+    seed: int = 0                      # the one seed of the run
     grad_accum: int = 1                # micro-batches per optimizer step (the marginal entropy is over one micro-batch)
     def __post_init__(self):
         check_settings([(self.weight_scale is None or self.weight_scale > 0, "--ueo-weight-scale must be positive"),
@@ -148,62 +149,46 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
     before = ueo_predict(clip, prompts, pixels, norm)                                  # the initial zero-shot prediction
     scale = clip.logit_scale if cfg.weight_scale is None else cfg.weight_scale
     w = confidence_weights(before / clip.logit_scale, scale)                           # (N,) fixed for the whole run
-    bs = min(cfg.batch_size, N); steps = max(1, N // bs); total = cfg.epochs * steps; dist.check_batch(bs)
-    opt = torch.optim.SGD([{"params": [prompts.ctx]}, {"params": affines}], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    bs = min(cfg.batch_size, N)
+    total = cfg.epochs * max(1, N // bs)
+    opt = torch.optim.SGD([{"params": [prompts.ctx]}, {"params": affines}], lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    hist, start, st = UEOHistory(), 0, {}; s = model.logit_scale.exp().clamp(max=100).detach()
-    if out is not None: out = out_dir(out)
-    if resume and out is not None and (out / "state.pt").exists():                    # the same files as `finetune`
-        sd, st = _load_state(out)
-        with torch.no_grad(): prompts.ctx.copy_(sd.pop("__ctx__"))
-        model.load_state_dict(sd); opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"])
-        start, hist = st["epoch"], UEOHistory(**st["hist"])
-    save = lambda epoch, step=0, g=None, partial=None: (_save(out, model, {"__ctx__": prompts.ctx}, opt, sched, hist, epoch, step, g, partial)
-                                                        if dist.is_main else None)
+    logit_scale = model.logit_scale.exp().clamp(max=100).detach()
     def forward(x):                                                                    # this process's images -> the micro-batch's logits
-        with dist.autocast(): logits = s * model.encode_image(x, normalize=True).float() @ prompts().float().T
+        with dist.autocast(): logits = logit_scale * model.encode_image(x, normalize=True).float() @ prompts().float().T
         return dist.gather_grad(logits)
-    step_fn, opt_ = dist.prepare(LossStep(forward, model=model, prompts=prompts), opt)
+    step_fn, dist_opt = dist.prepare(LossStep(forward, model=model, prompts=prompts), opt)
     model.eval()                                                                       # statistics frozen, affines learn
-    with StopRequest() as stop:
-        for epoch in range(start, cfg.epochs):
-            t0, parts, done = time.time(), [], 0
-            g = generator(cfg.seed * 1000 + epoch)
-            perm = torch.randperm(N, generator=g)[:steps * bs].view(steps, bs)
-            if epoch == start and st.get("step"):                                      # inside an interrupted epoch
-                done = st["step"]; g.set_state(st["g"]); parts = [tuple(q) for q in st["partial"]["parts"]]; t0 -= st["partial"]["seconds"]
-            bar = progress(perm[done:], desc=f"ueo epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
-            for idx in bar:                                                            # the global batch, augmented as a whole
-                x = pixels[idx]
-                x = norm(augment(x, g, pad=max(1, clip.image_size // 8)) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.)
-                opt_.zero_grad(set_to_none=True); step = []
-                for j, mine in enumerate(dist.micro(idx)):
-                    wb = w[idx[j * len(idx) // dist.grad_accum:(j + 1) * len(idx) // dist.grad_accum]].to(dev)   # the whole micro-batch's weights
-                    with dist.sync(step_fn, j == dist.grad_accum - 1):
-                        logits = step_fn(x[mine].to(dev))
-                        loss = ueo_loss(logits, wb, cfg.lam)
-                        if not torch.isfinite(loss):
-                            raise LatteError(f"Training stopped: the UEO loss became {loss.item()} in epoch {epoch + 1}, step {len(parts) + 1}. "
-                                             f"Lower --lr (now {cfg.lr:g})." + (f" The last good checkpoint is in {out}." if out is not None and epoch > 0 else ""))
-                        dist.backward(loss)
-                    with torch.no_grad():
-                        p = logits.float().softmax(-1)
-                        step.append((loss.item(), float((wb * entropy(p)).sum() / wb.sum()), float(entropy((p / wb[:, None]).sum(0) / (1 / wb).sum()))))
-                opt_.step()
-                if not dist.step_skipped: sched.step()
-                parts.append(tuple(np.mean(step, 0).tolist()))
-                bar.set_postfix(loss=f"{np.mean([q[0] for q in parts[-10:]]):.3f}")
-                if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
-                dist.stop(stop)                                                        # SIGINT/SIGTERM in any process: save mid-epoch, stop
-                check_stop(stop, out, epoch, len(parts), steps,
-                           lambda: (save(epoch, len(parts), g, dict(parts=parts, seconds=time.time() - t0)), dist.wait()))
-            a = np.asarray(parts).mean(0)
-            hist.loss.append(float(a[0])); hist.sharpen.append(float(a[1])); hist.marginal.append(float(a[2]))
-            hist.seconds.append(round(time.time() - t0, 2))
-            if out is not None: save(epoch + 1)
-            dist.wait(); dist.stop(stop); check_stop(stop, out, epoch)
+
+    def batch(idx, g):                                                                 # the global batch, augmented as a whole
+        x = pixels[idx]
+        pad = max(1, clip.image_size // 8)
+        return norm(augment(x, g, pad=pad) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.)
+    def loss(x, idx, mine, j):
+        ga = dist.grad_accum
+        wb = w[idx[j * len(idx) // ga:(j + 1) * len(idx) // ga]].to(dev)            # the whole micro-batch's weights
+        logits = step_fn(x[mine].to(dev))
+        return ueo_loss(logits, wb, cfg.lam), (logits, wb)
+    def record(l, aux, idx, mine, j):
+        logits, wb = aux
+        with torch.no_grad():
+            p = logits.float().softmax(-1)
+            sharpen = float((wb * entropy(p)).sum() / wb.sum())
+            marginal = float(entropy((p / wb[:, None]).sum(0) / (1 / wb).sum()))
+        return l.item(), sharpen, marginal
+    def restore(weights):
+        with torch.no_grad(): prompts.ctx.copy_(weights.pop("__ctx__"))
+        model.load_state_dict(weights)
+
+    hist = fit("ueo", N, cfg, model, opt, sched, dist, step_fn, dist_opt, batch, loss, record,
+               lambda micro: tuple(np.mean(micro, 0).tolist()),
+               lambda h, epoch, parts, seconds: append_means(h, ("loss", "sharpen", "marginal"), parts, seconds), UEOHistory(),
+               extra=lambda: {"__ctx__": prompts.ctx}, restore=restore, out=out, resume=resume, on_step=on_step,
+               train_mode=False)
     for p in model.parameters(): p.requires_grad_(True)
-    model.eval(); clip._text_cache.clear()
+    model.eval()
+    clip._text_cache.clear()
     return prompts, dict(w=w, logits_before=before, logits_after=ueo_predict(clip, prompts, pixels, norm), history=hist)
 
 # %% ../nbs/21_ueo.ipynb 16
@@ -226,3 +211,73 @@ def run_ueo(clip, ds, # a `Clip` and an `ImageSet` (labels are read only by the 
             res[f"{tag}_auroc"] = auroc(lg.float().softmax(-1).max(-1).values.numpy(), is_known)
         res["is_known"], res["known_labels"] = is_known, y                          # y: -1 for unknown-class images
     return res
+
+# %% ../nbs/21_ueo.ipynb 18
+from pathlib import Path
+from .methods import Method, RunContext, register
+from .report import write_report
+from .zeroshot import write_run
+from .core import run_files
+
+@dataclass
+class UEOSettings(UEOConfig):
+    "Settings of a UEO run: the training (`UEOConfig`) and which classes are known."
+    known_classes: str = None      # comma-separated known classes; images of the others stay in the data as unknowns
+    n_unknown: int = 0             # without --known-classes: the last this many classes are the unknown ones
+    flags = {"weight_scale": "--ueo-weight-scale"}
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_settings([(self.n_unknown >= 0, "--n-unknown must be >= 0")])
+
+def _write_open_set(path, ds, names, pred, msp, is_known=None):
+    "`open_set.csv`: every image with its prediction, its max softmax and, with labels, whether its class is known."
+    import csv
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "prediction", "max_softmax"] + (["known_class"] if is_known is not None else []))
+        for i in range(len(ds)):
+            known = [int(is_known[i])] if is_known is not None else []
+            w.writerow([ds.keys[i], names[pred[i]], f"{msp[i]:.4f}"] + known)
+
+def _run_ueo(ctx:RunContext)->dict:
+    "UEO end to end, scored on the known-class images, with `open_set.csv` beside the run's files."
+    cfg, ds, clip, out = ctx.cfg, ctx.ds, ctx.clip, ctx.out
+    r = run_ueo(clip, ds, cfg, cfg.known_classes, cfg.n_unknown, out=Path(out) / "checkpoints", resume=ctx.resume,
+                dist=ctx.dist)
+    if r is None: return None                                                 # not the first of several processes
+    names, known = r["known_classes"], "is_known" in r
+    if ds.has_labels:                                                         # scored on the known-class images
+        keep = np.flatnonzero(r["is_known"]).tolist()
+        test = ds.subset(keep)._copy(classes=names, labels=r["known_labels"][keep].tolist())
+    else: keep, test = list(range(len(ds))), ds._copy(classes=names)
+    h = r["history"]
+    msp, pred = r["logits_after"].float().softmax(-1).max(-1)
+    with run_files(out) as f:                                                 # the run's files: all of them or none
+        m = write_run(out, ctx.method.name, test, clip, r["logits_after"][keep], time.time() - ctx.t0,
+                      auroc=r.get("ueo_auroc"), zeroshot_top1=r.get("zeroshot_top1"),
+                      zeroshot_per_class_mean=r.get("zeroshot_per_class_mean"),
+                      zeroshot_auroc=r.get("zeroshot_auroc"), known_classes=names, n_unlabeled=len(ds),
+                      n_unknown_images=int((~r["is_known"]).sum()) if known else None, seed=cfg.seed,
+                      weight_scale=cfg.weight_scale if cfg.weight_scale is not None else clip.logit_scale,
+                      config=asdict(cfg),
+                      history=dict(loss=h.loss, sharpen=h.sharpen, marginal=h.marginal, seconds=h.seconds))
+        _write_open_set(f("open_set.csv"), ds, names, pred, msp, r.get("is_known"))
+        write_report(out, m)
+    return m
+
+def _ueo_summary(m:dict)->str:
+    au = lambda v: "n/a" if v is None else f"{v}%"
+    return (f"known classes {', '.join(m['known_classes'])}: zero-shot top-1 {m['zeroshot_top1']}% "
+            f"(AUROC {au(m['zeroshot_auroc'])}) -> UEO {m['top1']}% (AUROC {au(m['auroc'])}), "
+            f"{m['n_unknown_images']} unknown-class images")
+
+_UEO_METRICS = ("auroc", "zeroshot_top1", "zeroshot_per_class_mean", "zeroshot_auroc", "known_classes", "n_unlabeled",
+                "n_unknown_images", "weight_scale", "config", "history")
+_check_known = lambda cfg, ds: known_split(ds.classes, cfg.known_classes, cfg.n_unknown)   # a bad class name: now
+register(Method("ueo", UEOSettings, _run_ueo, "UEO (ICML 2024): entropy optimisation of CLIP's normalisation layers "
+                "and a text context, closed set", metrics=_UEO_METRICS, columns=("zeroshot_top1", "auroc", "zeroshot_auroc"),
+                summary=_ueo_summary, check_data=_check_known))
+register(Method("ueo-open", UEOSettings, _run_ueo, "UEO on an open set: the last 4 classes are unknown (known-class "
+                "top-1 and the AUROC of unknown detection)", dict(n_unknown=4), metrics=_UEO_METRICS,
+                columns=("zeroshot_top1", "auroc", "zeroshot_auroc"), summary=_ueo_summary, check_data=_check_known))

@@ -82,11 +82,6 @@ def test_pretrain_and_resume(small_tree, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume must reproduce the uninterrupted run"
 
 
-def test_cli_method_list_matches_the_library():
-    from latteclip import cli, report
-    assert cli.METHODS == report.METHODS
-
-
 def test_robustness_per_class_scores_a_balanced_subset(tmp_path):
     "`--per-class N` scores the first N images of each class under every shift; a count below 1 is one sentence."
     from latteclip.zeroshot import robustness

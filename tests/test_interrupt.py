@@ -53,7 +53,8 @@ def tree(embedded, tmp_path_factory):
 def train_cmd(tree, out, method, *extra):
     epochs = "3" if method == "latteclip" else "4"
     return [sys.executable, "-m", "latteclip", "run", "--method", method, "--data", str(tree), "--epochs", epochs,
-            "--batch-size", "16", "--precision", "fp32", "--text-cache", str(out.parent / "texts.jsonl"), "--out", str(out), *extra]
+            "--batch-size", "16", "--precision", "fp32", "--out", str(out), *extra,
+            *(["--text-cache", str(out.parent / "texts.jsonl")] if method.startswith("latteclip") else [])]   # UEO: no texts
 
 
 def final_weights(out:Path)->dict:
