@@ -15,7 +15,8 @@ __all__ = ['COMMANDS', 'setting_flags', 'method_settings', 'parser', 'methods_ta
 # %% ../nbs/99_cli.ipynb 5
 def _data_args(p):
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, help="image folder (one sub-folder per class), flat folder (with --classes), "
+    g.add_argument("--data", default=None,
+                   help="image folder (one sub-folder per class), flat folder (with --classes), "
                    ".zip/.tar of one, or a torchvision name (cifar10, eurosat, dtd, food101, oxford_pets, flowers102); "
                    "default: the embedded CIFAR-10 target set")
     g.add_argument("--classes", default=None, help="comma-separated class names; required for a flat folder")
@@ -81,7 +82,8 @@ def _setting_args(p, flags:dict):
     for flag, e in flags.items():
         kw = dict(dest=e["dest"], default=None, help=_flag_help(e))
         if e["type"] is bool: g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        else: g.add_argument(flag, type=_tuple if e["type"] is tuple else e["type"], metavar=e["type"].__name__.upper(), **kw)
+        else: g.add_argument(flag, type=_tuple if e["type"] is tuple else e["type"],
+                             metavar=e["type"].__name__.upper(), **kw)
 
 def method_settings(args, flags:dict, methods:list)->dict:
     "The settings (by field) the flags give `methods`; a flag none of them takes is one sentence."
@@ -97,15 +99,8 @@ def method_settings(args, flags:dict, methods:list)->dict:
     return {flags[f]["field"]: v for f, v in given.items()}
 
 # %% ../nbs/99_cli.ipynb 10
-def parser()->argparse.ArgumentParser:
-    "The `latteclip` argument parser with its sub-commands; `run` and `compare` take the registered methods' flags."
-    from latteclip.methods import load, group
-    methods = load()
-    flags = setting_flags(methods)
-    p = argparse.ArgumentParser(prog="latteclip", description="Label-free adaptation of CLIP models to a new image domain.")
-    p.add_argument("--version", action="version", version=f"latteclip {__version__}")
-    p.set_defaults(flags=flags)
-    sub = p.add_subparsers(dest="command", metavar="command")
+def _run_command(sub, methods, flags):
+    "The `run` sub-command: one method on one dataset."
     r = sub.add_parser("run", help="run a method on a dataset and write metrics.json, predictions.csv and plots")
     r.add_argument("--method", default="latteclip", choices=list(methods), help="the method (default: latteclip)")
     _data_args(r)
@@ -115,7 +110,12 @@ def parser()->argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     _group_args(r)
     _setting_args(r, flags)
-    c = sub.add_parser("compare", help="several methods on the same data, model, shift and seed: table.md and table.json")
+
+def _compare_command(sub, methods, flags):
+    "The `compare` sub-command: several methods on the same data."
+    from latteclip.methods import group
+    c = sub.add_parser("compare",
+                       help="several methods on the same data, model, shift and seed: table.md and table.json")
     c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip",
                    help=f"comma-separated, from {', '.join(methods)}; or all ({', '.join(group('all'))}), "
                         f"or ablation ({', '.join(group('ablation'))})")
@@ -123,17 +123,28 @@ def parser()->argparse.ArgumentParser:
     _model_args(c)
     c.add_argument("--out", default="runs/compare")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--reuse", action="store_true", help="keep a method's finished run in --out (same data, shift, model "
+    c.add_argument("--reuse", action="store_true",
+                   help="keep a method's finished run in --out (same data, shift, model "
                    "and seed) instead of running it again")
     _group_args(c)
     _setting_args(c, flags)
+
+def _methods_command(sub):
+    "The `methods` sub-command: the registered methods and their settings."
     ms = sub.add_parser("methods", help="every method with its settings and their defaults")
     ms.add_argument("--json", action="store_true", help="as JSON")
+
+def _bench_command(sub):
+    "The `bench` sub-command: speed and memory against plain baselines."
     bb = sub.add_parser("bench", help="speed and memory ratios against plain baselines: bench.json")
     bb.add_argument("--out", default="runs/bench")
     bb.add_argument("--n", type=int, default=1000, help="images for the scaling and cache measurements")
     bb.add_argument("--quick", action="store_true", help="fewer steps and epochs (a smoke run)")
-    bb.add_argument("--models", default="latteclip-tiny,ViT-B-32", help="comma-separated open_clip models (random init unless tiny)")
+    bb.add_argument("--models", default="latteclip-tiny,ViT-B-32",
+                    help="comma-separated open_clip models (random init unless tiny)")
+
+def _robustness_command(sub):
+    "The `robustness` sub-command: zero-shot top-1 under every shift."
     b = sub.add_parser("robustness", help="zero-shot top-1 on clean data and under every shift")
     _data_args(b)
     _model_args(b)
@@ -141,40 +152,75 @@ def parser()->argparse.ArgumentParser:
                    "'|'-separated templates")
     b.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     b.add_argument("--severities", default="3,5", help="comma-separated severities (default 3,5)")
-    b.add_argument("--per-class", type=int, default=None, help="score at most this many images of each class (a quick table)")
+    b.add_argument("--per-class", type=int, default=None,
+                   help="score at most this many images of each class (a quick table)")
     b.add_argument("--out", default="runs/robustness", help="output folder for robustness.md/.json")
+
+def _schedule_args(p, out:str, epochs:int, batch_size:int, lr:float):
+    "The output folder and training schedule of a pre-training sub-command, with the defaults given."
+    p.add_argument("--out", default=out)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0)
+
+def _checkpoint_args(p):
+    "Precision, resuming and stopping, and the device of a pre-training sub-command."
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this epoch, leaving a checkpoint to --resume from")
+    p.add_argument("--device", default=None)
+
+def _pretrain_command(sub):
+    "The `pretrain` sub-command: the tiny offline CLIP."
     t = sub.add_parser("pretrain", help="pre-train the tiny offline CLIP (reproduces the shipped checkpoint)")
-    t.add_argument("--data", required=True, help="folder or .tar/.zip with one sub-folder per class (the pre-training images)")
-    t.add_argument("--out", default="runs/pretrain")
-    t.add_argument("--epochs", type=int, default=24)
-    t.add_argument("--batch-size", type=int, default=512)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--per-class", type=int, default=None, help="at most this many training images per class (quick runs)")
+    t.add_argument("--data", required=True,
+                   help="folder or .tar/.zip with one sub-folder per class (the pre-training images)")
+    _schedule_args(t, "runs/pretrain", 24, 512, 2e-3)
+    t.add_argument("--per-class", type=int, default=None,
+                   help="at most this many training images per class (quick runs)")
     t.add_argument("--val-per-class", type=int, default=50)
-    t.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    t.add_argument("--stop-after", type=int, default=None, help="stop after this epoch, leaving a checkpoint to --resume from")
-    t.add_argument("--device", default=None)
-    pd = sub.add_parser("pretrain-dino", help="pre-train the shipped self-supervised ViT (DINO, no labels) that NoLA uses")
+    _checkpoint_args(t)
+
+def _pretrain_dino_command(sub):
+    "The `pretrain-dino` sub-command: the shipped self-supervised ViT."
+    pd = sub.add_parser("pretrain-dino",
+                        help="pre-train the shipped self-supervised ViT (DINO, no labels) that NoLA uses")
     pd.add_argument("--data", required=True, help="folder or .tar/.zip of the pre-training images (class sub-folders "
                     "are read only for the k-NN check)")
-    pd.add_argument("--out", default="runs/dino")
-    pd.add_argument("--epochs", type=int, default=8)
-    pd.add_argument("--batch-size", type=int, default=256)
-    pd.add_argument("--lr", type=float, default=1e-3)
-    pd.add_argument("--seed", type=int, default=0)
+    _schedule_args(pd, "runs/dino", 8, 256, 1e-3)
     pd.add_argument("--n-local", type=int, default=2, help="local (16 px) crops per image")
-    pd.add_argument("--per-class", type=int, default=None, help="at most this many training images per class (quick runs)")
+    pd.add_argument("--per-class", type=int, default=None,
+                    help="at most this many training images per class (quick runs)")
     pd.add_argument("--target", default="embedded", help="labelled images for the final k-NN accuracy (default: the "
                     "embedded target set, clean); none: skip")
-    pd.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    pd.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    pd.add_argument("--stop-after", type=int, default=None, help="stop after this epoch, leaving a checkpoint to --resume from")
-    pd.add_argument("--device", default=None)
+    _checkpoint_args(pd)
+
+def _docs_command(sub):
+    "The `docs` sub-command: the documentation site as static HTML."
     d = sub.add_parser("docs", help="the documentation site as static HTML, offline (notebooks, README, API), checked")
     d.add_argument("--root", default=".", help="the repository (README.md and nbs/)")
     d.add_argument("--out", default="_site")
+
+def parser()->argparse.ArgumentParser:
+    "The `latteclip` argument parser with its sub-commands; `run` and `compare` take the registered methods' flags."
+    from latteclip.methods import load
+    methods = load()
+    flags = setting_flags(methods)
+    p = argparse.ArgumentParser(prog="latteclip",
+                                description="Label-free adaptation of CLIP models to a new image domain.")
+    p.add_argument("--version", action="version", version=f"latteclip {__version__}")
+    p.set_defaults(flags=flags)
+    sub = p.add_subparsers(dest="command", metavar="command")
+    _run_command(sub, methods, flags)
+    _compare_command(sub, methods, flags)
+    _methods_command(sub)
+    _bench_command(sub)
+    _robustness_command(sub)
+    _pretrain_command(sub)
+    _pretrain_dino_command(sub)
+    _docs_command(sub)
     sub.add_parser("shifts", help="list the distribution shifts")
     return p
 
@@ -189,7 +235,7 @@ def _run(args):
     out = Path(args.out or f"runs/{args.method}")
     m = run_method(args.method, args.data, args.classes, shift, args.model, args.pretrained, out, args.seed,
                    args.device, args.resume, args.download, **settings)
-    if m is None: return None                                                 # not the first of several launched processes
+    if m is None: return None                                              # not the first of several launched processes
     if method.summary is not None: print(method.summary(m))
     top = "n/a (no labels)" if m["top1"] is None else f"{m['top1']}%"
     print(f"{m['method']} on {m['dataset']}{' (' + m['shift'] + ')' if m['shift'] else ''}: top-1 {top}, "
@@ -241,7 +287,8 @@ def _robustness(args):
     templates_for(args.templates)
     out = out_dir(args.out)
     try: sev = tuple(int(s) for s in args.severities.split(","))
-    except ValueError: raise LatteError(f"--severities must be comma-separated integers, got {args.severities}.") from None
+    except ValueError:
+        raise LatteError(f"--severities must be comma-separated integers, got {args.severities}.") from None
     rows = robustness(args.data, args.model, args.pretrained, sev, None, args.templates, args.batch_size, args.device,
                       per_class=args.per_class)
     md = rows_to_markdown(rows, ["shift", "severity", "top1", "per_class_mean"])
@@ -264,7 +311,8 @@ def _pretrain_dino(args):
                         precision=args.precision, target=None if args.target == "none" else args.target,
                         per_class=args.per_class, resume=args.resume, device=args.device, stop_after=args.stop_after)
     if "weights" not in log: return
-    print(f"DINO pre-training on {log['config']['n_train']} images for {len(log['epochs'])} epochs in {log['seconds']}s: "
+    print(f"DINO pre-training on {log['config']['n_train']} images for {len(log['epochs'])} epochs in "
+          f"{log['seconds']}s: "
           f"held-out k-NN {log['epochs'][-1]['knn_val_top1']}%, k-NN on the target set "
           f"{log.get('knn_target_top1', 'n/a')}%, weights {log['weights']} ({log['weights_mb']} MB)")
 

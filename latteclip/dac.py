@@ -10,7 +10,7 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, seed_everything, generator
 from .models import encode_images, zeroshot_classifier
-from .pretrain import load_pixels, augment, _normalizer
+from .pixels import load_pixels, augment, normalizer
 
 # %% auto 0
 __all__ = ['few_shot_split', 'supcon_loss', 'DACConfig', 'DAC', 'view_features', 'fit_dac', 'dac_logits', 'run_dac',
@@ -23,10 +23,13 @@ def few_shot_split(labels, # class index of every image
     y = np.asarray(labels)
     if shots < 1: raise LatteError("--shots must be at least 1.")
     if len(y) == 0 or (y < 0).any():
-        raise LatteError("DAC needs labelled images to draw its shots from: an image folder with one sub-folder per class.")
+        raise LatteError("DAC needs labelled images to draw its shots from: an image folder with one sub-folder per "
+                         "class.")
     counts = np.bincount(y, minlength=n_classes)
-    short = [f"{classes[c] if classes else 'class ' + str(c)} has {counts[c]}" for c in range(n_classes) if counts[c] < shots]
-    if short: raise LatteError(f"--shots {shots} is more than some classes hold ({', '.join(short[:3])}{' ...' if len(short) > 3 else ''}).")
+    short = [f"{classes[c] if classes else 'class ' + str(c)} has {counts[c]}"
+             for c in range(n_classes) if counts[c] < shots]
+    if short: raise LatteError(f"--shots {shots} is more than some classes hold "
+                               f"({', '.join(short[:3])}{' ...' if len(short) > 3 else ''}).")
     rng = np.random.default_rng(seed)
     pick = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in range(n_classes)]))
     return pick, np.setdiff1d(np.arange(len(y)), pick)
@@ -35,11 +38,13 @@ def few_shot_split(labels, # class index of every image
 def supcon_loss(z:torch.Tensor, # (N, D) normalised features
                 y:torch.Tensor, # (N,) labels
                 tau:float=0.1)->torch.Tensor:
-    "Supervised contrastive loss: for each anchor, mean over its positives of `-log softmax(z z^T / tau)` (self excluded)."
+    ("Supervised contrastive loss: for each anchor, mean over its positives of `-log softmax(z z^T / tau)` (self "
+     "excluded).")
     eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
     logp = (z @ z.T / tau).masked_fill(eye, float("-inf")).log_softmax(1)
     pos = (y[:, None] == y[None]) & ~eye
-    n = pos.sum(1); keep = n > 0
+    n = pos.sum(1)
+    keep = n > 0
     if not keep.any(): return z.sum() * 0
     return -(logp.masked_fill(~pos, 0).sum(1)[keep] / n[keep]).mean()
 
@@ -65,12 +70,17 @@ class DAC(nn.Module):
                  key_labels:torch.Tensor, # (S,) their labels
                  scale:float, cfg:DACConfig=None):
         super().__init__()
-        self.cfg = cfg or DACConfig(); K, D = W0.shape; self.scale = scale
-        self.register_buffer("W0", W0.float().clone()); self.register_buffer("keys", keys.float().clone())   # clones: no inference tensors
+        self.cfg = cfg or DACConfig()
+        K, D = W0.shape
+        self.scale = scale
+        self.register_buffer("W0", W0.float().clone())
+        # clones: no inference tensors
+        self.register_buffer("keys", keys.float().clone())
         self.register_buffer("L", F.one_hot(key_labels.long(), K).float())
         h = max(1, D // self.cfg.bottleneck)
         self.adapter = nn.Sequential(nn.Linear(D, h), nn.ReLU(), nn.Linear(h, D))
-        nn.init.zeros_(self.adapter[2].weight); nn.init.zeros_(self.adapter[2].bias)     # starts as the identity
+        nn.init.zeros_(self.adapter[2].weight)
+        nn.init.zeros_(self.adapter[2].bias)                                             # starts as the identity
         self.R = nn.Parameter(torch.zeros(K, D))                                         # per-class text residual
     def adapt(self, f): return F.normalize(f + self.adapter(f), dim=-1)
     def text_weights(self): return F.normalize(self.W0 + self.R, dim=-1)
@@ -87,7 +97,10 @@ class DAC(nn.Module):
 @torch.no_grad()
 def view_features(clip, ds, views:int, seed:int=0)->torch.Tensor:
     "Features `(views, N, D)` of `views` augmented views (random translation and flip) of every image in `ds`."
-    px = torch.from_numpy(load_pixels(ds, clip.image_size)); norm = _normalizer(clip); g = generator(seed); clip.model.eval()
+    px = torch.from_numpy(load_pixels(ds, clip.image_size))
+    norm = normalizer(clip)
+    g = generator(seed)
+    clip.model.eval()
     out = []
     for _ in range(views):
         x = norm(augment(px, g, pad=max(1, clip.image_size // 8)).contiguous())
@@ -95,20 +108,27 @@ def view_features(clip, ds, views:int, seed:int=0)->torch.Tensor:
                               for i in range(0, len(x), 256)]))
     return torch.stack(out)
 
-def fit_dac(model:DAC, views:torch.Tensor, # (V, S, D) features of augmented views of the shots (the keys' images, in order)
+def fit_dac(model:DAC,
+            views:torch.Tensor, # (V, S, D) features of augmented views of the shots (the keys' images, in order)
             labels:torch.Tensor)->list:
     "Train the adapter and the text residual on the shots; returns the loss of every step."
-    cfg = model.cfg; seed_everything(cfg.seed)
+    cfg = model.cfg
+    seed_everything(cfg.seed)
     V, S, D = views.shape
-    f = views.reshape(V * S, D); y = labels.long().repeat(V)
-    hide = torch.eye(S, dtype=torch.bool).repeat(V, 1)                                   # view of shot i never sees key i
+    f = views.reshape(V * S, D)
+    y = labels.long().repeat(V)
+    hide = torch.eye(S, dtype=torch.bool).repeat(V, 1)                                 # view of shot i never sees key i
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     losses = []
     for _ in range(cfg.steps):
         logits, a = model(f, hide)
         loss = F.cross_entropy(logits, y) + cfg.lam * supcon_loss(a, y, cfg.tau)
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step(); losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
     return losses
 
 @torch.no_grad()
@@ -124,19 +144,21 @@ def run_dac(clip, ds, # a `Clip` and a labelled `ImageSet` (shifted or not)
     cfg = cfg or DACConfig()
     shot, rest = few_shot_split(ds.labels, len(ds.classes), cfg.shots, cfg.seed, ds.classes)
     src = ds.with_shift(None) if shots_clean else ds
-    shots = src.subset(shot); y = torch.tensor([ds.labels[i] for i in shot])
+    shots = src.subset(shot)
+    y = torch.tensor([ds.labels[i] for i in shot])
     W0 = zeroshot_classifier(clip, ds.classes, templates)
     keys = encode_images(clip, shots, desc="encoding shots")
     f = encode_images(clip, ds.subset(rest), desc="encoding test images")
     model = DAC(W0, keys, y, clip.logit_scale, cfg)
     tip = dac_logits(model, f)                                                            # before training: Tip-Adapter
     losses = fit_dac(model, view_features(clip, shots, cfg.views, cfg.seed), y)
-    return dict(shot=shot, rest=rest, logits=dac_logits(model, f), tip_adapter=tip, zeroshot=clip.logit_scale * f @ W0.T,
+    return dict(shot=shot, rest=rest, logits=dac_logits(model, f), tip_adapter=tip,
+                zeroshot=clip.logit_scale * f @ W0.T,
                 losses=losses, model=model)
 
 # %% ../nbs/20_dac.ipynb 15
 from .methods import Method, RunContext, register
-from .report import write_report
+from .report import save_run
 from .zeroshot import write_run, scores
 from .core import run_files, check_settings
 
@@ -146,24 +168,23 @@ class DACSettings(DACConfig):
     shots_clean: bool = False   # draw the shots from the un-shifted images (the test images stay shifted)
 
     def __post_init__(self):
-        check_settings([(self.shots >= 1, "--shots must be at least 1"), (self.views >= 1, "--views must be at least 1"),
+        check_settings([(self.shots >= 1, "--shots must be at least 1"),
+                        (self.views >= 1, "--views must be at least 1"),
                         (self.steps >= 1, "--steps must be at least 1"), (self.lr > 0, "--lr must be positive"),
-                        (self.weight_decay >= 0, "--weight-decay must be >= 0"), (self.tau > 0, "--tau must be positive"),
+                        (self.weight_decay >= 0, "--weight-decay must be >= 0"), (self.tau > 0,
+                                                                                  "--tau must be positive"),
                         (self.bottleneck >= 1, "--bottleneck must be at least 1")])
 
 def _run_dac(ctx:RunContext)->dict:
     "DAC on the shots, scored (with zero-shot and Tip-Adapter) on every other image."
     cfg, ds, clip = ctx.cfg, ctx.ds, ctx.clip
-    r = run_dac(clip, ds, cfg, shots_clean=cfg.shots_clean)                  # few-shot: the one method that reads labels
+    r = run_dac(clip, ds, cfg, shots_clean=cfg.shots_clean)                 # few-shot: the one method that reads labels
     test = ds.subset(r["rest"])
     top1 = lambda lg: scores(lg.argmax(1).numpy(), test.labels, len(ds.classes))["top1"]
-    with run_files(ctx.out):
-        m = write_run(ctx.out, "dac", test, clip, r["logits"], time.time() - ctx.t0,
-                      zeroshot_top1=top1(r["zeroshot"]), tip_adapter_top1=top1(r["tip_adapter"]),
-                      shots=cfg.shots, shots_clean=cfg.shots_clean, shot_files=[ds.keys[i] for i in r["shot"]],
-                      seed=cfg.seed, config=asdict(cfg), history=dict(loss=r["losses"]))
-        write_report(ctx.out, m)
-    return m
+    return save_run(ctx.out, "dac", test, clip, r["logits"], ctx.t0,
+                    zeroshot_top1=top1(r["zeroshot"]), tip_adapter_top1=top1(r["tip_adapter"]),
+                    shots=cfg.shots, shots_clean=cfg.shots_clean, shot_files=[ds.keys[i] for i in r["shot"]],
+                    seed=cfg.seed, config=asdict(cfg), history=dict(loss=r["losses"]))
 
 def _dac_summary(m:dict)->str:
     return (f"{m['shots']} shots per class: zero-shot {m['zeroshot_top1']}%, Tip-Adapter {m['tip_adapter_top1']}% "
@@ -171,5 +192,6 @@ def _dac_summary(m:dict)->str:
 
 register(Method("dac", DACSettings, _run_dac, "DAC (few-shot): a Tip-Adapter cache and modulated text classifier "
                 "trained on a few labelled shots per class",
-                metrics=("zeroshot_top1", "tip_adapter_top1", "shots", "shots_clean", "shot_files", "config", "history"),
+                metrics=("zeroshot_top1", "tip_adapter_top1", "shots", "shots_clean", "shot_files", "config",
+                         "history"),
                 columns=("zeroshot_top1",), summary=_dac_summary, data_parallel=False, resumable=False))

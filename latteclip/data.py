@@ -311,6 +311,9 @@ class ImageSet(torch.utils.data.Dataset):
     def unlabeled(self):
         "The same images with their labels hidden (what a label-free method is given)."
         return self._copy(labels=[-1] * len(self))
+    def relabel(self, classes, labels=None):
+        "The same images under the class names `classes`, with `labels` (None: the present labels)."
+        return self._copy(classes=classes, labels=labels if labels is not None else self.labels)
     @property
     def label_tensor(self)->torch.Tensor: return torch.tensor(self.labels, dtype=torch.long)
     def __repr__(self):

@@ -10,8 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from .core import LatteError, progress, default_device, stable_hash, seed_from, asset
-from .vlm import (_check_dtype, _check_4bit, _model_kwargs, _end_ids, _local_folder, _local_first, _word_tokenizer,
-                  load_lazily)
+from .hf import (check_dtype, check_4bit, model_kwargs, end_ids, local_folder, local_first, word_tokenizer,
+                 load_lazily, LazyModel, describer_repr, cut_at_end)
+from .vlm import tiny_corpus
 from .texts import TextCache
 from .models import TEMPLATE, encode_texts
 from .attributes import measure, words, caption
@@ -58,13 +59,13 @@ def load_llm(model_id:str, # a Hub id (Qwen/Qwen2.5-0.5B-Instruct) or a folder w
             )->tuple:
     ("The causal LM and tokenizer of `model_id`, from local files when possible; a `LatteError` in one sentence "
      "otherwise.")
-    dev, kw = _model_kwargs(dtype, device, device_map, load_in_4bit)
-    with _llm_words(): folder = _local_folder(model_id)
+    dev, kw = model_kwargs(dtype, device, device_map, load_in_4bit)
+    with _llm_words(): folder = local_folder(model_id)
     import transformers
     def load(src, local):                                # the tokenizer first: it is small and fails the same way
         tok = transformers.AutoTokenizer.from_pretrained(src, local_files_only=local)
         return transformers.AutoModelForCausalLM.from_pretrained(src, local_files_only=local, **kw), tok
-    with _llm_words(): model, tok = _local_first(model_id, folder, load)
+    with _llm_words(): model, tok = local_first(model_id, folder, load)
     if dev is not None: model = model.to(dev)
     return model.eval(), tok
 
@@ -84,13 +85,14 @@ def tiny_llm(family:str="llama", # "llama" (with a chat template) or "gpt2" (pla
         raise LatteError(f"No tiny language model of the family '{family}': use one of {', '.join(LLM_FAMILIES)}.")
     import torch, transformers as T
     if family == "llama":
-        tok = _word_tokenizer(["<unk>", "<s>", "</s>", "<pad>"], bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+        tok = word_tokenizer(["<unk>", "<s>", "</s>", "<pad>"], tiny_corpus(), bos_token="<s>", eos_token="</s>",
+                             pad_token="<pad>")
         tok.chat_template = LLAMA_TEMPLATE
         cfg = T.LlamaConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     else:
-        tok = _word_tokenizer(["<|endoftext|>"], bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+        tok = word_tokenizer(["<|endoftext|>"], tiny_corpus(), bos_token="<|endoftext|>", eos_token="<|endoftext|>")
         cfg = T.GPT2Config(vocab_size=len(tok), n_embd=width, n_inner=2 * width, n_layer=2, n_head=2, n_positions=256,
                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     with torch.random.fork_rng(devices=[]):
@@ -105,7 +107,7 @@ def tiny_llm(family:str="llama", # "llama" (with a chat template) or "gpt2" (pla
 # %% ../nbs/19_descriptors.ipynb 15
 PROMPT = "Describe what a {name} looks like in a photo, in one sentence."
 
-class LLMDescriber:
+class LLMDescriber(LazyModel):
     "A causal LM writes descriptions of classes from `prompt`, sampling (seeded); loaded lazily, offline first."
     def __init__(self,
                  model_id:str, # Hub id or local folder; names the texts in the cache
@@ -126,10 +128,10 @@ class LLMDescriber:
         if int(max_new_tokens) < 1: raise LatteError(f"max_new_tokens must be at least 1, not {max_new_tokens}.")
         if not temperature > 0: raise LatteError(f"The sampling temperature must be positive, not {temperature}.")
         if "{name}" not in prompt: raise LatteError(f"The prompt needs {{name}} where the class name goes: {prompt!r}")
-        _check_dtype(dtype)
+        check_dtype(dtype)
         if model is None:
-            if load_in_4bit: _check_4bit()
-            with _llm_words(): _local_folder(model_id)   # a missing folder fails now, not at the first uncached text
+            if load_in_4bit: check_4bit()
+            with _llm_words(): local_folder(model_id)   # a missing folder fails now, not at the first uncached text
         self.model_id, self.n, self.prompt, self.batch_size = str(model_id), int(n), prompt, int(batch_size)
         self.max_new_tokens, self.temperature = int(max_new_tokens), float(temperature)
         self.top_p, self.seed = float(top_p), int(seed)
@@ -138,9 +140,7 @@ class LLMDescriber:
         self.id = f"llm:{self.model_id}:{key}"
         self._model, self._tokenizer, self._ready, self.fallbacks = model, tokenizer, False, 0
 
-    def __repr__(self):
-        return (f"LLMDescriber({self.model_id}, n={self.n}, batch_size={self.batch_size}, "
-                f"max_new_tokens={self.max_new_tokens})")
+    def __repr__(self): return describer_repr(self, "n", "batch_size", "max_new_tokens")
 
     def load(self):
         "Load what is missing of model and tokenizer now (the first `describe` does it otherwise); returns self."
@@ -148,7 +148,7 @@ class LLMDescriber:
         def tokenizer():
             import transformers
             load = lambda src, local: transformers.AutoTokenizer.from_pretrained(src, local_files_only=local)
-            with _llm_words(): return _local_first(self.model_id, _local_folder(self.model_id), load)
+            with _llm_words(): return local_first(self.model_id, local_folder(self.model_id), load)
         self._model, self._tokenizer = load_lazily(
             self._model, self._tokenizer,
             lambda: load_llm(self.model_id, self.dtype, self.device, self.device_map, self.load_in_4bit),
@@ -156,8 +156,6 @@ class LLMDescriber:
         self._ready = True
         return self
 
-    @property
-    def model(self): return self.load()._model
     @property
     def tokenizer(self): return self.load()._tokenizer
 
@@ -174,7 +172,7 @@ class LLMDescriber:
         import torch
         tok, model, out = self.tokenizer, self.model, []
         chat = bool(getattr(tok, "chat_template", None))
-        eos = _end_ids(model, tok)
+        eos = end_ids(model, tok)
         cuda = list(range(torch.cuda.device_count())) if model.device.type == "cuda" else []
         starts = range(0, len(items), self.batch_size)
         for s in (progress(starts, desc=f"describing with {self.model_id}") if len(starts) > 1 else starts):
@@ -187,9 +185,7 @@ class LLMDescriber:
                 seq = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=self.temperature,
                                      top_p=self.top_p, max_new_tokens=self.max_new_tokens,
                                      pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
-            for row in seq[:, ids.shape[1]:].tolist():
-                cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
-                out.append(row[:cut])
+            out += cut_at_end(seq, ids.shape[1], eos)
         return out
 
     def describe(self, items:list)->list:
@@ -248,7 +244,7 @@ def descriptors_from_captions(
 )->Descriptors:
     ("Per class, `a photo of a {name}.` and the captions of its `n - 1` most frequent (size, colour, background) "
      "triples.")
-    from latteclip.pretrain import load_pixels
+    from latteclip.pixels import load_pixels
     if int(n) < 1: raise LatteError(f"The number of descriptions per class must be at least 1, not {n}.")
     ds = _imageset(data)
     if not ds.has_labels:

@@ -76,17 +76,17 @@ def load_ssl(
                 raise LatteError(f"--ssl-weights {f} is not a .safetensors file; only safetensors weights are loaded.")
             net.load_state_dict({k: v.float() for k, v in load_file(str(f)).items()})
         return SSLModel(net, name, DINO_CFG["img_size"], DINO_CFG["mean"], DINO_CFG["std"], "timm", device)
-    from latteclip.vlm import _offline, _first_line
+    from latteclip.hf import offline, first_line
     p = Path(name).expanduser()
     hf = name.startswith("hf:") or p.is_dir() or ("/" in name and not name.startswith("timm:"))
     if hf:
         from transformers import AutoModel, AutoImageProcessor
         src = name[3:] if name.startswith("hf:") else (str(p) if p.is_dir() else name)
         try:
-            proc = AutoImageProcessor.from_pretrained(src, local_files_only=_offline())
-            net = AutoModel.from_pretrained(src, local_files_only=_offline())
+            proc = AutoImageProcessor.from_pretrained(src, local_files_only=offline())
+            net = AutoModel.from_pretrained(src, local_files_only=offline())
         except Exception as e:
-            raise LatteError(f"Could not load the transformers model {src!r} ({_first_line(e)}); without a network "
+            raise LatteError(f"Could not load the transformers model {src!r} ({first_line(e)}); without a network "
                              "pass a folder written by save_pretrained.") from None
         size = (proc.crop_size["height"] if getattr(proc, "crop_size", None)
                 else proc.size.get("shortest_edge", proc.size.get("height")))
@@ -96,13 +96,13 @@ def load_ssl(
     if not timm.list_models(arch.split(".")[0]):
         raise LatteError(f"{arch!r} is neither a timm model nor a transformers id: try vit_small_patch16_224.dino or "
                          "facebook/dinov2-small.")
-    if not _offline():
-        from latteclip.vlm import _hub_knows
+    if not offline():
+        from latteclip.hf import hub_knows
         # one request: fails in seconds without a network
-        _hub_knows(f"timm/{arch}")
+        hub_knows(f"timm/{arch}")
     try: net = timm.create_model(arch, pretrained=True, num_classes=0)
     except Exception as e:
-        raise LatteError(f"Could not load the pretrained timm model {arch!r} ({_first_line(e)}); without a network use "
+        raise LatteError(f"Could not load the pretrained timm model {arch!r} ({first_line(e)}); without a network use "
                          f"{DINO_TINY}.") from None
     dc = timm.data.resolve_data_config({}, model=net)
     return SSLModel(net, name, int(dc["input_size"][-1]), dc["mean"], dc["std"], "timm", device)
@@ -199,7 +199,8 @@ def pretrain_dino(
                   resume:bool=False, device=None, stop_after:int=None)->dict:
     ("Pre-train `latteclip-dino-tiny` with DINO on `data`; writes `out/latteclip-dino-tiny.safetensors` and "
      "`out/dino.json`.")
-    from latteclip.pretrain import load_pixels, save_epoch, _bf16_ok
+    from latteclip.pretrain import save_epoch
+    from latteclip.pixels import load_pixels, bf16_ok
     out = out_dir(out)
     seed_everything(seed)
     device = torch.device(device) if device else default_device()
@@ -233,7 +234,7 @@ def pretrain_dino(
     no_decay = [p for n, p in student.named_parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.}], lr=lr)
     center = torch.zeros(1, out_dim, device=device)
-    use_bf16 = precision == "bf16" or (precision == "auto" and _bf16_ok(device))
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_ok(device))
     log = dict(config=dict(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, n_local=n_local,
                            out_dim=out_dim, momentum=momentum, n_train=len(tr_idx), n_val=len(val_idx), seed=seed,
                            bf16=use_bf16, model=DINO_CFG), epochs=[])
@@ -313,7 +314,7 @@ def pretrain_dino(
 
 def knn_report(ssl:SSLModel, bank_data:str, target:str="embedded", per_class:int=None, k:int=20)->dict:
     "k-NN top-1 of `ssl` features on the clean `target` set, with every image of `bank_data` as the labelled bank."
-    from latteclip.pretrain import load_pixels
+    from latteclip.pixels import load_pixels
     bank_ds, tgt = open_data(bank_data, verify=False), open_data(target, verify=False)
     if not (bank_ds.has_labels and tgt.has_labels): return {}
     bank_lab = np.array(bank_ds.labels)

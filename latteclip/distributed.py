@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, signal, socket, sys, warnings
 from contextlib import nullcontext
 import torch
-from .core import LatteError
+from .core import LatteError, seed_everything
 
 def world_size()->int:
     "How many processes the launcher started (`WORLD_SIZE`, set by `accelerate launch` / torchrun); 1 without one."
@@ -28,12 +28,12 @@ def process_group(device=None):
 
 def resolve_precision(precision:str, device)->str:
     "`auto`/`bf16`/`fp16`/`fp32` (or accelerate's `no`) -> the precision to train in: `bf16`, `fp16` or `fp32`."
-    from latteclip.pretrain import _bf16_ok
+    from latteclip.pixels import bf16_ok
     # `accelerate launch --mixed_precision bf16|fp16`
     env = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     p = {"no": "fp32"}.get(precision, precision)
     if p == "auto" and env in ("bf16", "fp16"): p = env
-    if p == "auto": p = "bf16" if _bf16_ok(torch.device(device)) else "fp32"
+    if p == "auto": p = "bf16" if bf16_ok(torch.device(device)) else "fp32"
     if p not in ("bf16", "fp16", "fp32"):
         raise LatteError(f"Unknown precision {precision}: use auto, bf16, fp16 or fp32 (no).")
     if p == "fp16" and torch.device(device).type != "cuda":
@@ -42,7 +42,7 @@ def resolve_precision(precision:str, device)->str:
     return p
 
 # %% auto 0
-__all__ = ['world_size', 'rank', 'process_group', 'resolve_precision', 'Dist', 'free_port', 'launch']
+__all__ = ['world_size', 'rank', 'process_group', 'resolve_precision', 'Dist', 'start_run', 'free_port', 'launch']
 
 # %% ../nbs/08_distributed.ipynb 4
 class Dist:
@@ -140,6 +140,15 @@ class Dist:
     def wait(self):
         "Wait until every process gets here."
         if self.acc is not None: self.acc.wait_for_everyone()
+
+def start_run(clip, # the `Clip` a method trains
+              cfg, # the method's settings: `seed`, `precision`, `grad_accum`
+              dist:Dist=None, # the process group (None: made from `cfg`)
+             )->tuple:
+    "Seed a training run and return `(model, device, process group)`: the start every training method shares."
+    seed_everything(cfg.seed)
+    model, dev = clip.model, clip.device
+    return model, dev, dist or Dist(dev, cfg.precision, cfg.grad_accum)
 
 # %% ../nbs/08_distributed.ipynb 6
 def free_port()->int:

@@ -53,7 +53,7 @@ def load_checkpoint(out:Path)->tuple:
     from safetensors import safe_open
     with safe_open(out / "checkpoint.safetensors", "pt") as fh: tag = (fh.metadata() or {}).get("tag")
     s = _load_tensors_only(out / "state.pt")
-    if tag is not None and s.get("tag", tag) != tag and (out / "state.pt.tmp").exists():     # killed between the renames
+    if tag is not None and s.get("tag", tag) != tag and (out / "state.pt.tmp").exists():    # killed between the renames
         s = _load_tensors_only(out / "state.pt.tmp")
         os.replace(out / "state.pt.tmp", out / "state.pt")
     if tag is not None and s.get("tag", tag) != tag:
@@ -66,15 +66,18 @@ def check_stop(stop:StopRequest, out, # the active `StopRequest` and the checkpo
                epoch:int, step:int=None, steps:int=None, # 0-based epoch; `step` of `steps` when inside the epoch
                save=None, # called (no arguments) to write the mid-epoch checkpoint
               ):
-    "Raise `Interrupted` when SIGINT/SIGTERM arrived: inside an epoch after `save()`, at its end after the epoch's own save."
-    if not stop or (step is not None and step >= steps): return      # the last step of an epoch: the epoch's save comes next
+    ("Raise `Interrupted` when SIGINT/SIGTERM arrived: inside an epoch after `save()`, at its end after the epoch's "
+     "own save.")
+    # the last step of an epoch: the epoch's save comes next
+    if not stop or (step is not None and step >= steps): return
     where = f"a checkpoint is in {out}: add --resume to go on" if out is not None else "no checkpoint folder was given"
     if step is not None and out is not None: save()
     at = f"in epoch {epoch + 1}, step {step} of {steps}" if step is not None else f"after epoch {epoch + 1}"
     raise Interrupted(f"stopped by signal {stop.signum} {at}; {where}.")
 
 class LossStep(torch.nn.Module):
-    "A training step's forward as a module over the trained modules, so that DDP sees (and synchronises) the whole step."
+    ("A training step's forward as a module over the trained modules, so that DDP sees (and synchronises) the whole "
+     "step.")
     def __init__(self, fn, **modules):
         super().__init__()
         self.fn = fn
@@ -143,11 +146,11 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
                 parts = [tuple(q) for q in state["partial"]["parts"]]
                 t0 -= state["partial"]["seconds"]
             bar = progress(perm[done:], desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
-            for idx in bar:                                                        # the global batch, the same in every process
+            for idx in bar:                                                # the global batch, the same in every process
                 inputs = batch(idx, g)
                 dist_opt.zero_grad(set_to_none=True)
                 micro = []
-                for j, mine in enumerate(dist.micro(idx)):                         # this process's part of each micro-batch
+                for j, mine in enumerate(dist.micro(idx)):                     # this process's part of each micro-batch
                     with dist.sync(step_fn, j == dist.grad_accum - 1):
                         l, aux = loss(inputs, idx, mine, j)
                         l = l.float()
@@ -161,9 +164,10 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
                 parts.append(summarise(micro))
                 bar.set_postfix(loss=f"{np.mean([p[0] for p in parts[-10:]]):.3f}")
                 if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
-                dist.stop(stop)                                                    # SIGINT/SIGTERM in any process: all save and stop
+                dist.stop(stop)                                       # SIGINT/SIGTERM in any process: all save and stop
                 partial = lambda: dict(parts=parts, seconds=time.time() - t0)
-                check_stop(stop, out, epoch, len(parts), steps, lambda: (save(epoch, len(parts), g, partial()), dist.wait()))
+                check_stop(stop, out, epoch, len(parts), steps,
+                           lambda: (save(epoch, len(parts), g, partial()), dist.wait()))
             end_epoch(hist, epoch, parts, time.time() - t0)
             if out is not None:
                 save(epoch + 1)

@@ -21,10 +21,10 @@ __all__ = ['Method', 'RunContext', 'flag_name', 'setting_rows', 'register', 'loa
 @dataclass
 class Method:
     "A method as the toolkit runs it: a name, a settings dataclass, and a function that runs it."
-    name: str                  # what `--method` and `compare --methods` take
-    settings: type             # a dataclass: each field is a setting and, unless `settings.flags` says otherwise, a flag
-    run: Callable              # `run(ctx:RunContext)` -> the run's metrics (None in all but the first of several processes)
-    doc: str = ""              # one line for `latteclip methods`
+    name: str              # what `--method` and `compare --methods` take
+    settings: type         # a dataclass: each field is a setting and, unless `settings.flags` says otherwise, a flag
+    run: Callable          # `run(ctx:RunContext)` -> the run's metrics (None in all but the first of several processes)
+    doc: str = ""          # one line for `latteclip methods`
     defaults: dict = field(default_factory=dict)  # settings this method sets differently from its dataclass
     metrics: tuple = ()        # the fields it adds to `metrics.json`
     columns: tuple = ()        # of those, the ones `compare` puts in its table
@@ -36,7 +36,8 @@ class Method:
     resumable: bool = True     # keeps checkpoints, so `--resume` means something
 
     def config(self, **given):
-        "Its settings: `given` over the method's `defaults` over the dataclass's; a setting it does not take is refused."
+        ("Its settings: `given` over the method's `defaults` over the dataclass's; a setting it does not take is "
+         "refused.")
         names = [f.name for f in fields(self.settings)]
         bad = [k for k in given if k not in names]
         if bad:
@@ -77,9 +78,11 @@ def setting_rows(settings:type)->list:
         if is_dataclass(base): doc.update({k: v for k, v in docments(base).items() if v})
     rows = []
     for f in fields(settings):
-        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+        default = (f.default if f.default is not MISSING
+                   else (f.default_factory() if f.default_factory is not MISSING else None))
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        rows.append(dict(name=f.name, flag=flag_name(settings, f.name), type=_TYPES.get(kind.split("|")[0].strip(), str),
+        rows.append(dict(name=f.name, flag=flag_name(settings, f.name),
+                         type=_TYPES.get(kind.split("|")[0].strip(), str),
                          default=default, help=doc.get(f.name) or ""))
     return rows
 
@@ -87,24 +90,29 @@ def setting_rows(settings:type)->list:
 _REGISTRY: dict = {}
 
 def register(method:Method)->Method:
-    "Add `method` to the registry and return it; a second method of the same name from another module is refused."
-    old = _REGISTRY.get(method.name)
-    if old is not None and getattr(old.run, "__module__", None) != getattr(method.run, "__module__", None):
-        raise LatteError(f"A method named {method.name} is registered already (by {old.run.__module__}): choose another name.")
+    "Add `method` to the registry and return it; another method of the same name is refused."
+    old = _REGISTRY.get(method.name)                                           # the same one again (a notebook and its
+    if old is not None and old.run.__qualname__ != method.run.__qualname__:    # exported module, a reload) replaces it
+        raise LatteError(f"A method named {method.name} is registered already (by {old.run.__module__}): choose "
+                         "another name.")
     _REGISTRY[method.name] = method
     return method
 
 def load()->dict:
-    "Every method, by name, in the order registered: the package's own and plug-ins' (the `latteclip.methods` entry points)."
+    ("Every method, by name: the package's own and plug-ins' (the `latteclip.methods` entry points), in the order of "
+     "their entry points (the package's own are named for their notebooks), then any registered another way.")
     from importlib.metadata import entry_points
-    eps = entry_points(group="latteclip.methods")                          # in the order declared
-    for ep in sorted(eps, key=lambda e: not e.value.startswith("latteclip.")):   # the package's own first
+    eps = sorted(entry_points(group="latteclip.methods"), key=lambda e: (not e.value.startswith("latteclip."), e.name))
+    for ep in eps:
         try: ep.load()
         except Exception as e:
-            raise LatteError(f"The method plug-in {ep.name} ({ep.value}) failed to load: {type(e).__name__}: {e}.") from None
+            raise LatteError(f"The method plug-in {ep.name} ({ep.value}) failed to load: "
+                             f"{type(e).__name__}: {e}.") from None
     if not _REGISTRY:
         raise LatteError("No method is registered: install the package (pip install -e .) so its entry points exist.")
-    return dict(_REGISTRY)
+    rank = {ep.value: i for i, ep in enumerate(eps)}                          # the same order whatever was imported first
+    order = sorted(_REGISTRY.values(), key=lambda m: rank.get(getattr(m.run, "__module__", None), len(rank)))
+    return {m.name: m for m in order}
 
 def get(name:str)->Method:
     "The registered method `name`, or one sentence naming the ones there are."
@@ -118,7 +126,8 @@ def group(name:str)->list:
 
 # %% ../nbs/09_methods.ipynb 12
 def settings_of(method:Method, seed:int, settings:dict)->dict:
-    "The settings `method` is given: those set (not None), the run's seed where it takes one; the run's own arguments dropped."
+    ("The settings `method` is given: those set (not None), the run's seed where it takes one; the run's own "
+     "arguments dropped.")
     names = {f.name for f in fields(method.settings)}
     given = {k: v for k, v in settings.items() if v is not None and k not in ("model", "pretrained", "seed", "device")}
     if "seed" in names: given["seed"] = seed

@@ -33,6 +33,9 @@ class Clip:
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.name, self.pretrained, self.device = name, pretrained, torch.device(device)
         self._text_cache = {}
+    def clear_text_cache(self):
+        "Forget the cached text features: they are stale once the text tower has been trained."
+        self._text_cache.clear()
     @property
     def logit_scale(self)->float: return float(self.model.logit_scale.detach().exp().clamp(max=100))
     @property

@@ -10,10 +10,10 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, StopRequest, check_settings, seed_everything, generator, progress, out_dir
 from .models import TEMPLATE, zeroshot_classifier
-from .pretrain import load_pixels, augment, _normalizer
+from .pixels import load_pixels, augment, normalizer
 from .train import encode_pixels
 from .loop import fit, LossStep, append_means
-from .distributed import Dist
+from .distributed import Dist, start_run
 
 # %% auto 0
 __all__ = ['NoLAConfig', 'NoLAHistory', 'confident_topk', 'AlignmentHead', 'fit_head', 'head_probs', 'VisualPrompts',
@@ -45,11 +45,13 @@ class NoLAConfig:
         check_settings([(self.n_prompts >= 1, "--n-prompts must be at least 1"),
                         (self.top_k is None or self.top_k >= 1, "--nola-top-k must be at least 1"),
                         (0 <= self.threshold < 1, "--nola-threshold must be in [0, 1)"),
-                        (self.head_epochs >= 1 and self.head_lr > 0, "the alignment head needs head_epochs >= 1 and head_lr > 0")], loop=self)
+                        (self.head_epochs >= 1 and self.head_lr > 0,
+                         "the alignment head needs head_epochs >= 1 and head_lr > 0")], loop=self)
 
 @dataclass
 class NoLAHistory:
-    "Per epoch of prompt tuning: loss, share of images with a target (mask), agreement of CLIP with the labeller, seconds."
+    ("Per epoch of prompt tuning: loss, share of images with a target (mask), agreement of CLIP with the labeller, "
+     "seconds.")
     loss: list = field(default_factory=list)
     mask: list = field(default_factory=list)
     agreement: list = field(default_factory=list)
@@ -60,23 +62,28 @@ class NoLAHistory:
 def confident_topk(probs:torch.Tensor, # (N, C) class probabilities
                    k:int)->tuple:
     "Indices and labels of the `k` most confident images per predicted class."
-    conf, pred = probs.max(1); idx = []
+    conf, pred = probs.max(1)
+    idx = []
     for c in range(probs.shape[1]):
         m = torch.nonzero(pred == c).flatten()
         idx.append(m[conf[m].argsort(descending=True)[:k]])
-    idx = torch.cat(idx); return idx, pred[idx]
+    idx = torch.cat(idx)
+    return idx, pred[idx]
 
 class AlignmentHead(nn.Module):
-    "`logits = scale * cos(A f, T)`: self-supervised features `f` mapped into CLIP's space and scored against the fixed class embeddings `T`."
+    ("`logits = scale * cos(A f, T)`: self-supervised features `f` mapped into CLIP's space and scored against the "
+     "fixed class embeddings `T`.")
     def __init__(self, T:torch.Tensor, # (C, D) L2-normalised class embeddings (fixed)
                  dim:int, scale:float):
         super().__init__()
-        self.register_buffer("T", T.float()); self.scale = scale
+        self.register_buffer("T", T.float())
+        self.scale = scale
         self.A = nn.Linear(dim, T.shape[1], bias=False)
     @torch.no_grad()
     def init_lstsq(self, f:torch.Tensor, y:torch.Tensor, ridge:float=1e-2):
         "Start from the ridge least-squares map `f -> T[y]` (the alignment with the class embeddings)."
-        F_ = f.float(); Y = self.T[y].cpu()
+        F_ = f.float()
+        Y = self.T[y].cpu()
         W = torch.linalg.solve(F_.T @ F_ + ridge * torch.eye(F_.shape[1]), F_.T @ Y)   # (dim, D)
         self.A.weight.copy_(W.T)
     def forward(self, f): return self.scale * F.normalize(self.A(f.float()), dim=-1) @ self.T.T
@@ -100,7 +107,10 @@ def fit_head(ssl, # an `SSLModel` (frozen)
             with torch.no_grad(): f = ssl.features(x)
             lab = _lookup(idx, y, b).to(dev)
             loss = F.cross_entropy(head(f), lab)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); tot += loss.item() * len(b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += loss.item() * len(b)
         losses.append(tot / len(idx))
     return head.eval(), losses
 
@@ -122,10 +132,13 @@ class VisualPrompts(nn.Module):
     def __init__(self, visual, n:int=16, seed:int=0):
         super().__init__()
         if not (hasattr(visual, "ln_pre") and hasattr(visual, "class_embedding") and hasattr(visual, "transformer")):
-            raise LatteError(f"NoLA's visual prompts need an open_clip VisionTransformer image tower; this model's is a {type(visual).__name__}: pick a ViT model.")
-        width = visual.class_embedding.shape[-1]; patch = visual.conv1.weight[0].numel()
+            raise LatteError("NoLA's visual prompts need an open_clip VisionTransformer image tower; this model's is "
+                             f"a {type(visual).__name__}: pick a ViT model.")
+        width = visual.class_embedding.shape[-1]
+        patch = visual.conv1.weight[0].numel()
         v = math.sqrt(6. / (patch + width))                                   # VPT's Xavier-uniform range
-        self.n = n; self.prompts = nn.Parameter(torch.empty(n, width).uniform_(-v, v, generator=generator(seed)))
+        self.n = n
+        self.prompts = nn.Parameter(torch.empty(n, width).uniform_(-v, v, generator=generator(seed)))
     def _insert(self, m, i, o):
         return torch.cat([o[:, :1], self.prompts.to(o.dtype).unsqueeze(0).expand(len(o), -1, -1), o[:, 1:]], 1)
     def _remove(self, m, i, o): return torch.cat([o[:, :1], o[:, 1 + self.n:]], 1)
@@ -134,7 +147,8 @@ class VisualPrompts(nn.Module):
         from contextlib import contextmanager
         @contextmanager
         def ctx():
-            hs = [visual.ln_pre.register_forward_hook(self._insert), visual.transformer.register_forward_hook(self._remove)]
+            hs = [visual.ln_pre.register_forward_hook(self._insert),
+                  visual.transformer.register_forward_hook(self._remove)]
             try: yield self
             finally:
                 for h in hs: h.remove()
@@ -146,7 +160,8 @@ def strong_views(x:torch.Tensor, # uint8 (B, H, W, 3)
     "RandAugment then random translation and flip; float (B, 3, H, W) in [0, 1]."
     from torchvision.transforms import v2
     ra = v2.RandAugment(num_ops=ops, magnitude=magnitude)
-    state = torch.get_rng_state(); torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=g)))
+    state = torch.get_rng_state()
+    torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=g)))
     try: y = torch.stack([ra(im) for im in x.permute(0, 3, 1, 2)])
     finally: torch.set_rng_state(state)
     return augment(y.permute(0, 2, 3, 1), g, pad=max(1, x.shape[1] // 8))
@@ -154,13 +169,16 @@ def strong_views(x:torch.Tensor, # uint8 (B, H, W, 3)
 def fixmatch_loss(logits:torch.Tensor, # (B, C) CLIP's logits on the strong views
                   q:torch.Tensor, # (B, C) the labeller's probabilities on the weak views
                   threshold:float=0.)->tuple:
-    "`(loss, mask)`: cross-entropy to the labeller's argmax, averaged over the images whose labeller confidence is >= `threshold`."
-    conf, target = q.max(-1); mask = (conf >= threshold).float()
+    ("`(loss, mask)`: cross-entropy to the labeller's argmax, averaged over the images whose labeller confidence is "
+     ">= `threshold`.")
+    conf, target = q.max(-1)
+    mask = (conf >= threshold).float()
     loss = (F.cross_entropy(logits.float(), target, reduction="none") * mask).sum() / mask.sum().clamp(min=1)
     return loss, mask
 
 @torch.no_grad()
-def nola_logits(clip, prompts:VisualPrompts, T:torch.Tensor, pixels:torch.Tensor, norm, batch_size:int=500)->torch.Tensor:
+def nola_logits(clip, prompts:VisualPrompts, T:torch.Tensor, pixels:torch.Tensor, norm,
+                batch_size:int=500)->torch.Tensor:
     "Scaled cosine logits `(N, C)` of CLIP with its visual prompts against the class embeddings `T`."
     clip.model.eval()
     ctx = prompts.attached(clip.model.visual) if prompts is not None else __import__("contextlib").nullcontext()
@@ -171,7 +189,8 @@ def nola_logits(clip, prompts:VisualPrompts, T:torch.Tensor, pixels:torch.Tensor
 def class_embeddings(clip, classes:list, spec:str="shipped", cache=None,
                      **gen, # for a language model: dtype, device_map, load_in_4bit, batch_size (see `LLMDescriber`)
                     )->tuple:
-    "NoLA's step 1: `(T, descriptions)`, the averaged description embeddings of `classes` from `spec` (see `load_descriptors`)."
+    ("NoLA's step 1: `(T, descriptions)`, the averaged description embeddings of `classes` from `spec` (see "
+     "`load_descriptors`).")
     from latteclip.descriptors import load_descriptors, descriptor_classifier
     d = load_descriptors(spec, classes, cache=cache, **{k: v for k, v in gen.items() if v is not None})
     return descriptor_classifier(clip, d, classes).float(), d
@@ -184,13 +203,14 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
             )->dict:
     "NoLA's three steps on `ds`; returns the class embeddings, both labellings, the prompts, logits and history."
     from latteclip.dino import load_ssl
-    cfg = cfg or NoLAConfig(); seed_everything(cfg.seed)
-    model, dev = clip.model, clip.device
-    dist = dist or Dist(dev, cfg.precision, cfg.grad_accum)
+    cfg = cfg or NoLAConfig()
+    model, dev, dist = start_run(clip, cfg, dist)
     prompts = VisualPrompts(model.visual, cfg.n_prompts, cfg.seed).to(dev)        # fails early for a non-ViT tower
     ssl = ssl or load_ssl(cfg.ssl, cfg.ssl_weights, device=dev)
     T, desc = class_embeddings(clip, ds.classes, cfg.descriptors, cache, **(gen or {}))
-    pixels = torch.from_numpy(load_pixels(ds, clip.image_size)); norm = _normalizer(clip); N, C = len(ds), len(ds.classes)
+    pixels = torch.from_numpy(load_pixels(ds, clip.image_size))
+    norm = normalizer(clip)
+    N, C = len(ds), len(ds.classes)
     spx = pixels if ssl.size == clip.image_size else torch.from_numpy(load_pixels(ds, ssl.size))
     s = clip.logit_scale
     before = nola_logits(clip, None, T, pixels, norm)                              # step 1: the description classifier
@@ -205,17 +225,18 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     Tdev = T.to(dev)
     model.eval()
-    def forward(x):                                                                   # this process's strong views -> the micro-batch's logits
+    def forward(x):                                            # this process's strong views -> the micro-batch's logits
         with dist.autocast(): logits = s * model.encode_image(x, normalize=True).float() @ Tdev.T
         return dist.gather_grad(logits)
     step_fn, dist_opt = dist.prepare(LossStep(forward, prompts=prompts), opt)
 
-    def batch(b, g):                                                                  # the global batch: views drawn for all of it
+    def batch(b, g):                                                       # the global batch: views drawn for all of it
         weak = augment(spx[b], g, pad=max(1, ssl.size // 8))
         return weak, norm(strong_views(pixels[b], g, cfg.randaug_ops, cfg.randaug_magnitude))
     def loss(inputs, b, mine, j):
         weak, x = inputs
-        with torch.no_grad(): q = dist.gather(head(ssl.features(weak[mine].to(dev))).softmax(-1))   # the labeller, weak views
+        # the labeller, weak views
+        with torch.no_grad(): q = dist.gather(head(ssl.features(weak[mine].to(dev))).softmax(-1))
         logits = step_fn(x[mine].to(dev))
         l, mask = fixmatch_loss(logits, q, cfg.threshold)
         return l, (logits, q, mask)
@@ -235,14 +256,16 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
                    on_step=on_step, train_mode=False)
     for p in model.parameters(): p.requires_grad_(True)
     model.eval()
-    clip._text_cache.clear()
+    clip.clear_text_cache()
     after = nola_logits(clip, prompts, T, pixels, norm)
     return dict(T=T, descriptions=desc, logits_before=before, topk_idx=idx, topk_labels=y, head=head, head_probs=hp,
                 prompts=prompts, logits_after=after, history=hist, top_k=k, ssl=ssl.name)
 
 # %% ../nbs/22_nola.ipynb 18
-def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=False, on_step=None, cache=None, gen:dict=None,
-             dist=None, # the process group (see `fit_nola`); in a launched group only the first process returns the results
+def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=False, on_step=None, cache=None,
+             gen:dict=None,
+             # the process group (see `fit_nola`); in a launched group only the first process returns the results
+             dist=None,
             )->dict:
     "NoLA end to end on `ds`; with labels, the accuracy of every stage (overall and per class)."
     from latteclip.zeroshot import scores, zeroshot
@@ -256,7 +279,8 @@ def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=Fals
         for tag, p in [("zeroshot", r["template"].argmax(1)), ("descriptor", r["logits_before"].argmax(1)),
                        ("head", r["head_probs"].argmax(1)), ("nola", r["logits_after"].argmax(1))]:
             r[f"{tag}_top1"] = sc(p.numpy())["top1"]
-            r[f"{tag}_per_class"] = (100 * recall_score(y, p.numpy(), labels=list(range(C)), average=None, zero_division=0)).round(2).tolist()
+            r[f"{tag}_per_class"] = (100 * recall_score(y, p.numpy(), labels=list(range(C)), average=None,
+                                                        zero_division=0)).round(2).tolist()
         r["topk_top1"] = sc(r["topk_labels"].numpy(), y[r["topk_idx"].numpy()])["top1"]
     return r
 
@@ -328,14 +352,17 @@ register(Method("nola", NoLASettings, _run_nola, "NoLA (2024): LLM class descrip
 def prompt_attention(clip, prompts:VisualPrompts, pixels:torch.Tensor, # uint8 (B, H, W, 3)
                      )->np.ndarray:
     "`(layers, 3)`: the class token's mean attention to [itself, the prompts, the patches] in each block."
-    vis, norm, rows = clip.model.visual, _normalizer(clip), []
+    vis, norm, rows = clip.model.visual, normalizer(clip), []
     def hook(blk, inp, out):
-        x = blk.ln_1(inp[0]); _, a = blk.attn(x, x, x, need_weights=True, average_attn_weights=True)
-        a = a[:, 0].float().mean(0); n = prompts.n
+        x = blk.ln_1(inp[0])
+        _, a = blk.attn(x, x, x, need_weights=True, average_attn_weights=True)
+        a = a[:, 0].float().mean(0)
+        n = prompts.n
         rows.append([a[0].item(), a[1:1 + n].sum().item(), a[1 + n:].sum().item()])
     hs = [blk.register_forward_hook(hook) for blk in vis.transformer.resblocks]
     try:
-        with prompts.attached(vis): clip.model.encode_image(norm(pixels.permute(0, 3, 1, 2).float() / 255.).to(clip.device))
+        with prompts.attached(vis):
+            clip.model.encode_image(norm(pixels.permute(0, 3, 1, 2).float() / 255.).to(clip.device))
     finally:
         for h in hs: h.remove()
     return np.array(rows)

@@ -14,37 +14,12 @@ from .core import (LatteError, progress, seed_everything, generator, default_dev
 from .data import open_data
 from .attributes import measure, words, caption
 from .models import TINY, TINY_CFG, load_clip, zeroshot_classifier, TEMPLATE
+from .pixels import load_pixels, augment, normalizer, param_groups, bf16_ok
 
 # %% auto 0
-__all__ = ['load_pixels', 'augment', 'Captioner', 'save_epoch', 'pretrain']
+__all__ = ['Captioner', 'save_epoch', 'pretrain']
 
 # %% ../nbs/04_pretrain.ipynb 5
-def load_pixels(ds, # an `ImageSet`
-                size:int, # side the model expects
-               )->np.ndarray:
-    ("All images of `ds` as one uint8 array `(N, size, size, 3)`, resized and centre-cropped as CLIP's eval "
-     "preprocessing does.")
-    from torchvision import transforms as TT
-    fit = TT.Compose([TT.Resize(size, interpolation=TT.InterpolationMode.BICUBIC), TT.CenterCrop(size)])
-    out = np.empty((len(ds), size, size, 3), np.uint8)
-    for i in progress(range(len(ds)), desc="decoding"):
-        im = ds.image(i)
-        out[i] = np.asarray(im if im.size == (size, size) else fit(im))
-    return out
-
-def augment(x:torch.Tensor, # uint8 (B, H, W, 3)
-            g:torch.Generator, pad:int=4)->torch.Tensor:
-    "Random translation by up to `pad` pixels (reflect padding) and horizontal flip; float (B, 3, H, W) in [0, 1]."
-    x = x.permute(0, 3, 1, 2).float() / 255.
-    B, _, H, W = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    oy, ox = torch.randint(0, 2 * pad + 1, (2, B), generator=g)
-    flip = torch.rand(B, generator=g) < 0.5
-    out = torch.stack([xp[b, :, oy[b]:oy[b] + H, ox[b]:ox[b] + W] for b in range(B)])
-    out[flip] = out[flip].flip(-1)
-    return out
-
-# %% ../nbs/04_pretrain.ipynb 7
 class Captioner:
     "Random attribute captions for a fixed set of images."
     def __init__(self, pixels:np.ndarray, labels, classes, p:float=0.5):
@@ -60,24 +35,7 @@ class Captioner:
                                w["colour"] if keep[2] else None, w["background"] if keep[3] else None))
         return out
 
-# %% ../nbs/04_pretrain.ipynb 9
-def _bf16_ok(device):
-    if device.type == "cuda": return torch.cuda.is_bf16_supported()
-    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception: return False
-
-def _normalizer(clip):
-    from torchvision.transforms import Normalize
-    n = [t for t in clip.preprocess.transforms if isinstance(t, Normalize)][0]
-    mean, std = torch.tensor(n.mean).view(1, 3, 1, 1), torch.tensor(n.std).view(1, 3, 1, 1)
-    return lambda x: (x - mean.to(x.device)) / std.to(x.device)
-
-def _param_groups(model, wd):
-    no_wd = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
-    ps = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in ps if no_wd(n, p)], "weight_decay": 0.},
-            {"params": [p for n, p in ps if not no_wd(n, p)], "weight_decay": wd}]
-
+# %% ../nbs/04_pretrain.ipynb 7
 @torch.no_grad()
 def _val_top1(clip, pixels, labels, classes, norm, bs=500):
     clip.model.eval()
@@ -86,7 +44,7 @@ def _val_top1(clip, pixels, labels, classes, norm, bs=500):
     for i in range(0, len(pixels), bs):
         x = norm(torch.from_numpy(pixels[i:i + bs]).to(clip.device).permute(0, 3, 1, 2).float() / 255.)
         preds.append((clip.model.encode_image(x, normalize=True).float() @ W.T).argmax(1).cpu())
-    clip._text_cache.clear()
+    clip.clear_text_cache()
     return 100. * (torch.cat(preds) == torch.as_tensor(labels)).float().mean().item()
 
 def save_epoch(out:Path, # the run folder: `checkpoint.safetensors` and `state.pt` are written there
@@ -110,7 +68,7 @@ def save_epoch(out:Path, # the run folder: `checkpoint.safetensors` and `state.p
         return True
     return False
 
-# %% ../nbs/04_pretrain.ipynb 10
+# %% ../nbs/04_pretrain.ipynb 8
 def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class (the pre-training images)
              out:str="runs/pretrain", # where checkpoints and the final weights go
              epochs:int=24, batch_size:int=512, lr:float=2e-3, weight_decay:float=0.1,
@@ -139,12 +97,12 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
     tr_px, va_px = pixels[tr_idx], pixels[val_idx]
     tr_lab, va_lab = lab[tr_idx], lab[val_idx]
     captioner = Captioner(tr_px, tr_lab, ds.classes)
-    use_bf16 = precision == "bf16" or (precision == "auto" and _bf16_ok(device))
-    model, norm, loss_fn = clip.model, _normalizer(clip), __import__("open_clip").loss.ClipLoss()
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_ok(device))
+    model, norm, loss_fn = clip.model, normalizer(clip), __import__("open_clip").loss.ClipLoss()
     steps = len(tr_idx) // batch_size
     if steps == 0:
         raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
-    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.1)
     log, start = dict(config=dict(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr,
                                   weight_decay=weight_decay, n_train=len(tr_idx), n_val=len(val_idx), seed=seed,

@@ -16,16 +16,17 @@ from .pseudolabels import pseudo_labels, cache_dir
 from .texts import synthetic_texts, AttributeDescriber, JsonlDescriber, TextCache, Texts
 from .train import TrainConfig, finetune, predict
 from .distributed import rank
-from .zeroshot import write_run, scores, zeroshot, rows_to_markdown
+from .zeroshot import write_run, scores, zeroshot, rows_to_markdown, finish_figure
 from .methods import Method, RunContext, register, run_method, get, group, load, settings_of
 
 # %% auto 0
-__all__ = ['VARIANTS', 'make_describer', 'TextGen', 'LatteCLIPSettings', 'ZeroShotSettings', 'write_report', 'table_cols',
-           'method_list', 'split_settings', 'compare', 'plot_table']
+__all__ = ['VARIANTS', 'make_describer', 'TextGen', 'LatteCLIPSettings', 'ZeroShotSettings', 'save_run', 'write_report',
+           'table_cols', 'method_list', 'split_settings', 'compare', 'plot_table']
 
 # %% ../nbs/16_report.ipynb 5
 def make_describer(spec:str,
-                   **gen, # for `transformers:`: dtype, device_map, load_in_4bit, batch_size (see `TransformersDescriber`)
+                   # for `transformers:`: dtype, device_map, load_in_4bit, batch_size (see `TransformersDescriber`)
+                   **gen,
                   ):
     "`attributes`, `transformers:<model id>` or `jsonl:<path>` -> a describer."
     spec = spec or "attributes"
@@ -40,17 +41,18 @@ def make_describer(spec:str,
 @dataclass
 class TextGen:
     "Settings of generated texts: where they are cached and how a Hugging Face model generates them."
-    text_cache: str = None       # JSONL cache of generated texts (default: ~/.cache/latteclip/texts/texts.jsonl)
-    gen_dtype: str = None        # the generating model's weights: auto (the checkpoint's on GPU), float32, float16, bfloat16
-    gen_device_map: str = None   # e.g. auto: spread a large generating model over the GPUs (accelerate)
-    gen_4bit: bool = False       # NF4 4-bit weights with bitsandbytes (CUDA only), as the LatteCLIP paper
-    gen_batch_size: int = None   # requests per generate call (default 4 for a VLM, 8 for an LLM)
+    text_cache: str = None      # JSONL cache of generated texts (default: ~/.cache/latteclip/texts/texts.jsonl)
+    gen_dtype: str = None  # the generating model's weights: auto (the checkpoint's on GPU), float32, float16, bfloat16
+    gen_device_map: str = None  # e.g. auto: spread a large generating model over the GPUs (accelerate)
+    gen_4bit: bool = False      # NF4 4-bit weights with bitsandbytes (CUDA only), as the LatteCLIP paper
+    gen_batch_size: int = None  # requests per generate call (default 4 for a VLM, 8 for an LLM)
 
     def gen_checks(self)->list:
         "The `check_settings` pairs of these settings."
         return [(self.gen_dtype in (None, "auto", "float32", "float16", "bfloat16"),
                  "--gen-dtype must be auto, float32, float16 or bfloat16"),
-                (self.gen_batch_size is None or self.gen_batch_size >= 1, "--gen-batch-size: the generation batch size must be at least 1")]
+                (self.gen_batch_size is None or self.gen_batch_size >= 1,
+                 "--gen-batch-size: the generation batch size must be at least 1")]
 
     def gen(self)->dict:
         "The generation options `TransformersDescriber` and NoLA's LLM take."
@@ -65,7 +67,8 @@ class TextGen:
 @dataclass
 class LatteCLIPSettings(TrainConfig, TextGen):
     "Settings of LatteCLIP, FLYP on pseudo-labels and the ablations: the training (`TrainConfig`) and the texts."
-    describer: str = "attributes"   # image and group descriptions: attributes (offline), transformers:<model id> or jsonl:<path>
+    # image and group descriptions: attributes (offline), transformers:<model id> or jsonl:<path>
+    describer: str = "attributes"
     classifier: str = "prototypes"  # how the adapted model predicts: prototypes or text
     groups_per_class: int = 8       # collages (group descriptions) per class
     flags = {"method": None}        # the training method is the registered method's, not a flag
@@ -86,14 +89,24 @@ class ZeroShotSettings:
         check_settings([(self.batch_size >= 1, "--batch-size must be at least 1")])
 
 # %% ../nbs/16_report.ipynb 8
+def save_run(out, # the run's folder
+             method:str, ds, clip, logits, # what `write_run` scores: the method's name, data, model and logits
+             t0:float, # when the run started (`time.time()`)
+             files=None, # files(f) writes the method's own files through `run_files`'s `f`
+             **metrics, # what else goes into metrics.json
+            )->dict:
+    "A method's run written as one: `write_run`'s files, the method's own, and the report (all or none); the metrics."
+    with run_files(out) as f:                                                 # the run's files: all of them or none
+        m = write_run(out, method, ds, clip, logits, time.time() - t0, **metrics)
+        if files is not None: files(f)
+        write_report(out, m)
+    return m
+
 def _run_zeroshot(ctx:RunContext)->dict:
     "Zero-shot CLIP: the run's files from the frozen model's logits."
     logits = zeroshot(ctx.clip, ctx.ds, ctx.cfg.templates, ctx.cfg.batch_size)
-    with run_files(ctx.out):                                                  # the run's files: all of them or none
-        m = write_run(ctx.out, "zeroshot", ctx.ds, ctx.clip, logits, time.time() - ctx.t0,
-                      templates=templates_for(ctx.cfg.templates), seed=ctx.seed)
-        write_report(ctx.out, m)
-    return m
+    return save_run(ctx.out, "zeroshot", ctx.ds, ctx.clip, logits, ctx.t0,
+                    templates=templates_for(ctx.cfg.templates), seed=ctx.seed)
 
 def _latteclip_check(cfg:LatteCLIPSettings)->tuple:
     "The describer and the text cache, made (and a damaged cache refused) before any data is read."
@@ -117,9 +130,9 @@ def _run_latteclip(ctx:RunContext)->dict:
     "LatteCLIP's stages (pseudo-labels, texts, fine-tuning) and the run's files."
     cfg, ds, clip, dist, out = ctx.cfg, ctx.ds, ctx.clip, ctx.dist, ctx.out
     desc, cache = ctx.prepared
-    train = ds.unlabeled()                                                    # the method never sees a label
-    if not dist.is_main: dist.wait()                                          # several processes: the first labels and caches,
-    pl = pseudo_labels(clip, train)                                           # stage 1 (frozen model); the others read its cache
+    train = ds.unlabeled()                                           # the method never sees a label
+    if not dist.is_main: dist.wait()                                 # several processes: the first labels and caches,
+    pl = pseudo_labels(clip, train)                                  # stage 1 (frozen model); the others read its cache
     if dist.is_main: dist.wait()
     K = len(ds.classes)
     zs = scores(pl.labels.numpy(), ds.labels, K)
@@ -128,7 +141,7 @@ def _run_latteclip(ctx:RunContext)->dict:
     else: texts = _class_texts(ds, pl.labels)
     evaluate = _evaluator(train, texts, ds.labels, K, cfg.classifier) if ds.has_labels else None
     P, hist = finetune(clip, train, pl.labels, texts, cfg, out / "checkpoints", ctx.resume, evaluate, dist=dist)
-    if not dist.is_main: return None                                          # the first process evaluates and writes the run
+    if not dist.is_main: return None                                    # the first process evaluates and writes the run
     preds = [e.pop("_pred").tolist() for e in hist.eval if "_pred" in e]
     logits = predict(clip, train, texts, P)
     primary = logits.get(cfg.classifier, logits["text"])
@@ -155,7 +168,7 @@ def _latteclip_summary(m:dict)->str:
 
 register(Method("zeroshot", ZeroShotSettings, _run_zeroshot, "zero-shot CLIP with class-name prompts (the baseline)",
                 metrics=("templates",), groups=("all", "ablation"), data_parallel=False, resumable=False))
-VARIANTS = {                                                                  # name: (what it is, its settings, its sets)
+VARIANTS = {                                                                # name: (what it is, its settings, its sets)
     "latteclip": ("LatteCLIP (WACV 2025): pseudo-labels, three kinds of text, prototypes, the Dynamic Feature Mixer",
                   dict(method="latteclip"), ("all", "ablation")),
     "flyp-pseudo": ("FLYP on the zero-shot pseudo-labels: CLIP's loss with class descriptions only",
@@ -165,7 +178,8 @@ VARIANTS = {                                                                  # 
                               dict(method="latteclip", kinds=("class", "image")), ("ablation",)),
     "latteclip-uniform": ("ablation: uniform weights instead of the Dynamic Feature Mixer",
                           dict(method="latteclip", mixer=False), ("ablation",)),
-    "latteclip-no-zs": ("ablation: without the frozen zero-shot term", dict(method="latteclip", zs_term=False), ("ablation",)),
+    "latteclip-no-zs": ("ablation: without the frozen zero-shot term", dict(method="latteclip", zs_term=False),
+                        ("ablation",)),
 }
 for _name, (_doc, _defaults, _groups) in VARIANTS.items():
     register(Method(_name, LatteCLIPSettings, _run_latteclip, _doc, _defaults, groups=_groups,
@@ -246,7 +260,7 @@ def method_list(methods)->list:
     if not methods: raise LatteError("--methods names no method: give a comma-separated list, all or ablation.")
     return methods
 
-_RUN_ARGS = ("model", "pretrained", "seed", "device")                        # what every method takes (see `run_method`)
+_RUN_ARGS = ("model", "pretrained", "seed", "device")                       # what every method takes (see `run_method`)
 
 def split_settings(methods:list, kw:dict)->dict:
     "Each method's share of the settings `kw` (by field name); a setting none of `methods` takes is refused."
@@ -302,9 +316,4 @@ def plot_table(rows:list, path=None):
     ax.tick_params(axis="x", rotation=30, labelsize=8)
     title = ""
     if rows: title = rows[0].get("dataset", "") + (f" ({rows[0]['shift']})" if rows[0].get("shift") else "")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-    return fig
+    return finish_figure(fig, ax, title, path)

@@ -11,7 +11,7 @@ import numpy as np
 import torch, torch.nn.functional as F
 from .core import LatteError, check_settings, seed_everything
 from .models import encode_images, encode_texts, encode_tokens
-from .pretrain import load_pixels, augment, _normalizer, _param_groups
+from .pixels import load_pixels, augment, normalizer, param_groups
 from .prototypes import Prototypes
 from .mixer import text_weights, mix, targets, KINDS
 from .distributed import Dist
@@ -25,27 +25,28 @@ __all__ = ['TrainConfig', 'History', 'TextBank', 'encode_pixels', 'clip_loss', '
 @dataclass
 class TrainConfig:
     "Hyper-parameters of `finetune`."
-    method: str = "latteclip"          # "latteclip" or "flyp" (FLYP on the zero-shot pseudo-labels)
-    epochs: int = 10                   # passes over the unlabeled images
-    batch_size: int = 256              # images per optimizer step (the global batch over all processes)
-    lr: float = 5e-5                   # AdamW, cosine schedule (the authors: 1e-7 for a large pre-trained CLIP)
-    weight_decay: float = 0.2          # AdamW's, on weights only (not norms, biases, logit scale)
-    warmup: int = 0                    # warm-up steps of the cosine schedule
-    alpha: float = 0.01                # target = normalise(P[y] + alpha (mixed - P[y])); prototype momentum = 1 - alpha
-    kinds: tuple = KINDS               # which texts enter the mixer: class, image, group (comma-separated)
-    mixer: bool = True                 # False: uniform weights over the texts (ablation)
-    ft_term: bool = True               # the term with the fine-tuned model's pseudo-labels
-    zs_term: bool = True               # the term with the frozen zero-shot pseudo-labels (paper: on)
-    seed: int = 0                      # the one seed of the run
-    precision: str = "auto"            # "bf16", "fp16" (GPU), "fp32", or "auto" (bf16 where supported)
-    augment: bool = True               # random translation (1/8 of the side) and flip
-    grad_accum: int = 1                # micro-batches per optimizer step (the contrastive negatives come from one micro-batch)
+    method: str = "latteclip"   # "latteclip" or "flyp" (FLYP on the zero-shot pseudo-labels)
+    epochs: int = 10            # passes over the unlabeled images
+    batch_size: int = 256       # images per optimizer step (the global batch over all processes)
+    lr: float = 5e-5            # AdamW, cosine schedule (the authors: 1e-7 for a large pre-trained CLIP)
+    weight_decay: float = 0.2   # AdamW's, on weights only (not norms, biases, logit scale)
+    warmup: int = 0             # warm-up steps of the cosine schedule
+    alpha: float = 0.01         # target = normalise(P[y] + alpha (mixed - P[y])); prototype momentum = 1 - alpha
+    kinds: tuple = KINDS        # which texts enter the mixer: class, image, group (comma-separated)
+    mixer: bool = True          # False: uniform weights over the texts (ablation)
+    ft_term: bool = True        # the term with the fine-tuned model's pseudo-labels
+    zs_term: bool = True        # the term with the frozen zero-shot pseudo-labels (paper: on)
+    seed: int = 0               # the one seed of the run
+    precision: str = "auto"     # "bf16", "fp16" (GPU), "fp32", or "auto" (bf16 where supported)
+    augment: bool = True        # random translation (1/8 of the side) and flip
+    grad_accum: int = 1         # micro-batches per optimizer step (the contrastive negatives come from one micro-batch)
 
     def __post_init__(self):
         "Refuse impossible settings before any work starts, in the flags' words."
         check_settings([(self.method in ("latteclip", "flyp"), f"unknown training method {self.method}"),
                         (0 < self.alpha <= 1, "--alpha must be in (0, 1]"),
-                        (set(self.kinds) <= set(KINDS) and "class" in self.kinds, f"kinds must include 'class' and come from {KINDS}")], loop=self)
+                        (set(self.kinds) <= set(KINDS) and "class" in self.kinds,
+                         f"kinds must include 'class' and come from {KINDS}")], loop=self)
 
 @dataclass
 class History:
@@ -60,7 +61,8 @@ class History:
 class TextBank:
     "Tokenised texts of a `Texts` object, with per-batch de-duplicated encoding."
     def __init__(self, texts, tokenizer):
-        self.strings = list(dict.fromkeys(texts.class_texts + texts.image_texts + [t for g in texts.group_texts for t in g]))
+        self.strings = list(dict.fromkeys(texts.class_texts + texts.image_texts
+                                          + [t for g in texts.group_texts for t in g]))
         ids = {s: i for i, s in enumerate(self.strings)}
         self.tokens = tokenizer(self.strings)                                     # (S, ctx)
         self.cls = torch.tensor([ids[t] for t in texts.class_texts])              # (K,)
@@ -78,8 +80,9 @@ def encode_pixels(clip, pixels:torch.Tensor, # uint8 (N, H, W, 3)
                   norm, batch_size:int=512)->torch.Tensor:
     "L2-normalised image features `(N, D)` of images already in memory (no augmentation)."
     clip.model.eval()
-    return torch.cat([clip.model.encode_image(norm(pixels[i:i + batch_size].permute(0, 3, 1, 2).float().contiguous() / 255.).to(clip.device),
-                                              normalize=True).float().cpu() for i in range(0, len(pixels), batch_size)])
+    return torch.cat([clip.model.encode_image(norm(pixels[i:i + batch_size].permute(0, 3, 1, 2).float().contiguous()
+                                                   / 255.).to(clip.device), normalize=True).float().cpu()
+                      for i in range(0, len(pixels), batch_size)])
 
 # %% ../nbs/15_train.ipynb 11
 def clip_loss(f:torch.Tensor, t:torch.Tensor, scale:torch.Tensor)->torch.Tensor:
@@ -90,20 +93,24 @@ def clip_loss(f:torch.Tensor, t:torch.Tensor, scale:torch.Tensor)->torch.Tensor:
 
 def group_picks(bank:TextBank, y:torch.Tensor, g_rng:torch.Generator)->torch.Tensor:
     "One group description (its text id) of each image's pseudo-class `y`, drawn with `g_rng`."
-    return torch.stack([bank.grp[int(k)][torch.randint(len(bank.grp[int(k)]), (1,), generator=g_rng)] for k in y]).view(-1)
+    return torch.stack([bank.grp[int(k)][torch.randint(len(bank.grp[int(k)]), (1,),
+                                                       generator=g_rng)] for k in y]).view(-1)
 
 def latteclip_loss(model, f, idx, y_zs, P:Prototypes, bank:TextBank, cfg:TrainConfig,
-                   g_rng, # a `torch.Generator` for the group-description draw, or the drawn text ids (see `group_picks`)
-                   gather=None, # with several processes: `Dist.gather_grad`, so the contrastive loss sees the global batch
+                   # a `torch.Generator` for the group-description draw, or the drawn text ids (see `group_picks`)
+                   g_rng,
+                   # with several processes: `Dist.gather_grad`, so the contrastive loss sees the global batch
+                   gather=None,
                   ):
-    "LatteCLIP's loss for a batch (image features `f`, dataset indices `idx`, zero-shot labels `y_zs`); returns (loss, parts)."
+    ("LatteCLIP's loss for a batch (image features `f`, dataset indices `idx`, zero-shot labels `y_zs`); returns "
+     "(loss, parts).")
     dev, scale, gather = f.device, model.logit_scale.exp(), gather or (lambda x: x)
     y_ft = P.assign(f)                                                             # (B,) nearest prototype
     pick = group_picks(bank, y_zs, g_rng) if isinstance(g_rng, torch.Generator) else g_rng
     tid = torch.stack([bank.img[idx], pick.cpu()], 1)                              # (B, 2)
     K = len(bank.cls)
     g = bank.encode(model, torch.cat([bank.cls, tid.flatten()]), dev)              # one text-tower pass for all texts
-    g_cls, g_ig = g[:K], g[K:].view(len(idx), 2, -1)                               # (K, D); (B, 2, D) image and group descriptions
+    g_cls, g_ig = g[:K], g[K:].view(len(idx), 2, -1)  # (K, D); (B, 2, D) image and group descriptions
     on = torch.tensor([k in cfg.kinds for k in KINDS], device=dev, dtype=f.dtype)  # (3,)
     loss, parts, mixed_all, lab_all = 0., {}, [], []
     for name, y, use in [("ft", y_ft, cfg.ft_term), ("zs", y_zs, cfg.zs_term)]:
@@ -111,9 +118,12 @@ def latteclip_loss(model, f, idx, y_zs, P:Prototypes, bank:TextBank, cfg:TrainCo
         w = (text_weights(G, P.P) if cfg.mixer else torch.ones(G.shape[:2], device=dev)) * on   # (B, 3)
         m = mix(G, w)                                                              # (B, D)
         t = targets(P.P, y, m, cfg.alpha)                                          # (B, D)
-        mixed_all.append(m); lab_all.append(y)
+        mixed_all.append(m)
+        lab_all.append(y)
         if use:
-            l = clip_loss(gather(f), gather(t), scale); loss = loss + l; parts[name] = l.item()
+            l = clip_loss(gather(f), gather(t), scale)
+            loss = loss + l
+            parts[name] = l.item()
     return loss, parts, torch.cat(mixed_all), torch.cat(lab_all), y_ft
 
 def flyp_loss(model, f, y_zs, bank:TextBank, gather=None):
@@ -125,8 +135,17 @@ def flyp_loss(model, f, y_zs, bank:TextBank, gather=None):
 # %% ../nbs/15_train.ipynb 13
 def _cosine(opt, warmup:int, total:int):
     "Linear warm-up for `warmup` steps, then cosine decay to 0 at step `total`."
-    def f(s): return (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+    def f(s):
+        return ((s + 1) / warmup if s < warmup
+                else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+def _prototypes(model, bank, cfg, dev):
+    "LatteCLIP's class prototypes, started from the class-text features of the model (None for FLYP)."
+    if cfg.method != "latteclip": return None
+    with torch.no_grad():
+        model.eval()
+        return Prototypes(bank.encode(model, bank.cls, dev).float(), momentum=1 - cfg.alpha).to(dev)
 
 def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              y_zs:torch.Tensor, # (N,) zero-shot pseudo-labels (stage 1)
@@ -146,15 +165,11 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
     y_zs = torch.as_tensor(y_zs, dtype=torch.long)
     bank = TextBank(texts, clip.tokenizer)
     pixels = torch.from_numpy(load_pixels(ds, clip.image_size))                    # (N, H, W, 3) uint8
-    norm, N = _normalizer(clip), len(ds)
+    norm, N = normalizer(clip), len(ds)
     steps = max(1, N // min(cfg.batch_size, N))
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     sched = _cosine(opt, cfg.warmup, cfg.epochs * steps)
-    P = None
-    if cfg.method == "latteclip":
-        with torch.no_grad():
-            model.eval()
-            P = Prototypes(bank.encode(model, bank.cls, dev).float(), momentum=1 - cfg.alpha).to(dev)
+    P = _prototypes(model, bank, cfg, dev)
     hist = History()
     if P is not None: hist.prototypes.append(P.P.cpu().clone())
     gather = dist.gather_grad if dist.world > 1 else None
@@ -166,11 +181,12 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
             return loss, mixed, labs, y_ft
     step_fn, dist_opt = dist.prepare(LossStep(forward, model=model), opt)
 
-    def batch(idx, g):                                                             # augmented and drawn for the whole batch
+    def batch(idx, g):                                                         # augmented and drawn for the whole batch
         x = pixels[idx]
         pad = max(1, clip.image_size // 8)
         x = augment(x, g, pad=pad) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.
-        pick = group_picks(bank, y_zs[idx], g) if cfg.method == "latteclip" else None   # the random stream of one process
+        # the random stream of one process
+        pick = group_picks(bank, y_zs[idx], g) if cfg.method == "latteclip" else None
         return norm(x), pick
     def loss(inputs, idx, mine, j):
         x, pick = inputs
@@ -179,7 +195,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
         return l, (mixed, labs, y_ft)
     def record(l, aux, idx, mine, j):
         if P is None: return l.item(), None
-        mixed, labs, y_ft = aux                                                    # every process: the same global update
+        mixed, labs, y_ft = aux                                                  # every process: the same global update
         P.update(dist.gather(mixed.float()), dist.gather(labs))
         return l.item(), dist.mean((y_ft.cpu() == y_zs[idx[mine]]).float().mean().item())
     def summarise(micro):
@@ -187,12 +203,12 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
         for l, _ in micro: step_loss += l / dist.grad_accum
         return step_loss, [a for _, a in micro if a is not None]
     def end_epoch(h, epoch, parts, seconds):
-        agree = [a for _, step_agree in parts for a in step_agree]               # fraction of y_ft == y_zs, per micro-batch
+        agree = [a for _, step_agree in parts for a in step_agree]           # fraction of y_ft == y_zs, per micro-batch
         h.loss.append(float(np.mean([p[0] for p in parts])))
         h.seconds.append(round(seconds, 2))
         h.agreement.append(float(np.mean(agree)) if agree else None)
         if P is not None: h.prototypes.append(P.P.cpu().clone())
-        clip._text_cache.clear()
+        clip.clear_text_cache()
         model.eval()
         if evaluate is not None and dist.is_main: h.eval.append(evaluate(clip, P, encode_pixels(clip, pixels, norm)))
     def restore(weights):
@@ -201,11 +217,11 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
     def clamp_scale():
         with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
 
-    hist = fit(cfg.method, N, cfg, model, opt, sched, dist, step_fn, dist_opt, batch, loss, record, summarise, end_epoch,
-               hist, extra=lambda: {"__prototypes__": P.P} if P is not None else {}, restore=restore, out=out,
-               resume=resume, after_step=clamp_scale, on_step=on_step, stop_after=stop_after)
+    hist = fit(cfg.method, N, cfg, model, opt, sched, dist, step_fn, dist_opt, batch, loss, record, summarise,
+               end_epoch, hist, extra=lambda: {"__prototypes__": P.P} if P is not None else {}, restore=restore,
+               out=out, resume=resume, after_step=clamp_scale, on_step=on_step, stop_after=stop_after)
     model.eval()
-    clip._text_cache.clear()
+    clip.clear_text_cache()
     return P, hist
 
 # %% ../nbs/15_train.ipynb 15

@@ -10,10 +10,10 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, Interrupted, StopRequest, check_settings, seed_everything, generator, progress, out_dir
 from .models import TEMPLATE, zeroshot_classifier
-from .pretrain import load_pixels, augment, _normalizer
+from .pixels import load_pixels, augment, normalizer
 from .train import encode_pixels
 from .loop import fit, LossStep, append_means
-from .distributed import Dist
+from .distributed import Dist, start_run
 
 # %% auto 0
 __all__ = ['entropy', 'ueo_loss', 'confidence_weights', 'PromptLearner', 'norm_affines', 'known_split', 'auroc', 'UEOConfig',
@@ -46,18 +46,23 @@ class PromptLearner(nn.Module):
         super().__init__()
         import open_clip
         m = clip.model
-        if not (isinstance(m, open_clip.CLIP) and m.attn_mask is not None and getattr(m, "text_pool_type", "argmax") == "argmax"):
-            raise LatteError(f"UEO's prompt learner needs an open_clip CLIP text tower with a causal mask ({clip.name} has another kind).")
+        if not (isinstance(m, open_clip.CLIP) and m.attn_mask is not None
+                and getattr(m, "text_pool_type", "argmax") == "argmax"):
+            raise LatteError("UEO's prompt learner needs an open_clip CLIP text tower with a causal mask "
+                             f"({clip.name} has another kind).")
         if n_ctx < 1: raise LatteError("--n-ctx must be at least 1.")
         words = len(clip.tokenizer([init])[0].nonzero()) - 2 if init else -1        # tokens between start and end
         prefix = init if words == n_ctx else " ".join(["X"] * n_ctx)
-        self.register_buffer("tokens", clip.tokenizer([f"{prefix} {c}." for c in classes]), persistent=False)   # (K, ctx)
-        with torch.no_grad(): emb = m.token_embedding(self.tokens[:1].to(m.token_embedding.weight.device))[0, 1:1 + n_ctx].float()
+        # (K, ctx)
+        self.register_buffer("tokens", clip.tokenizer([f"{prefix} {c}." for c in classes]), persistent=False)
+        with torch.no_grad():
+            emb = m.token_embedding(self.tokens[:1].to(m.token_embedding.weight.device))[0, 1:1 + n_ctx].float()
         self.ctx = nn.Parameter(emb.clone() if words == n_ctx else torch.randn(n_ctx, emb.shape[-1]) * 0.02)
         self.n_ctx, self.init = n_ctx, prefix
         self._m = [m]                                                              # not a sub-module: not in state_dict
     def forward(self)->torch.Tensor:
-        m = self._m[0]; tok = self.tokens.to(self.ctx.device)
+        m = self._m[0]
+        tok = self.tokens.to(self.ctx.device)
         L = int(tok.argmax(-1).max()) + 1
         cast = m.transformer.get_cast_dtype()
         x = m.token_embedding(tok[:, :L])
@@ -69,7 +74,8 @@ class PromptLearner(nn.Module):
         return F.normalize(x, dim=-1)
 
 def norm_affines(visual:nn.Module)->list:
-    "`(name, parameter)` of the weight and bias of every normalisation layer in `visual` (LayerNorm, BatchNorm, GroupNorm)."
+    ("`(name, parameter)` of the weight and bias of every normalisation layer in `visual` (LayerNorm, BatchNorm, "
+     "GroupNorm).")
     kinds = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
     return [(f"{mn}.{pn}", p) for mn, mod in visual.named_modules() if isinstance(mod, kinds)
             for pn, p in mod.named_parameters(recurse=False)]
@@ -138,15 +144,16 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
             dist:Dist=None, # the process group (None: made from `cfg`; several processes when launched by accelerate)
            )->tuple:
     "Train UEO on `ds`; returns `(PromptLearner, dict(w, logits_before, logits_after, history))`."
-    cfg = cfg or UEOConfig(); seed_everything(cfg.seed)
-    model, dev = clip.model, clip.device
-    dist = dist or Dist(dev, cfg.precision, cfg.grad_accum)
+    cfg = cfg or UEOConfig()
+    model, dev, dist = start_run(clip, cfg, dist)
     prompts = PromptLearner(clip, classes, n_ctx=cfg.n_ctx).to(dev)
     for p in model.parameters(): p.requires_grad_(False)
     affines = [p for _, p in norm_affines(model.visual)]
     for p in affines: p.requires_grad_(True)
-    pixels = torch.from_numpy(load_pixels(ds, clip.image_size)); norm = _normalizer(clip); N = len(ds)
-    before = ueo_predict(clip, prompts, pixels, norm)                                  # the initial zero-shot prediction
+    pixels = torch.from_numpy(load_pixels(ds, clip.image_size))
+    norm = normalizer(clip)
+    N = len(ds)
+    before = ueo_predict(clip, prompts, pixels, norm)                                 # the initial zero-shot prediction
     scale = clip.logit_scale if cfg.weight_scale is None else cfg.weight_scale
     w = confidence_weights(before / clip.logit_scale, scale)                           # (N,) fixed for the whole run
     bs = min(cfg.batch_size, N)
@@ -155,13 +162,13 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     logit_scale = model.logit_scale.exp().clamp(max=100).detach()
-    def forward(x):                                                                    # this process's images -> the micro-batch's logits
+    def forward(x):                                                  # this process's images -> the micro-batch's logits
         with dist.autocast(): logits = logit_scale * model.encode_image(x, normalize=True).float() @ prompts().float().T
         return dist.gather_grad(logits)
     step_fn, dist_opt = dist.prepare(LossStep(forward, model=model, prompts=prompts), opt)
-    model.eval()                                                                       # statistics frozen, affines learn
+    model.eval()                                                                      # statistics frozen, affines learn
 
-    def batch(idx, g):                                                                 # the global batch, augmented as a whole
+    def batch(idx, g):                                                          # the global batch, augmented as a whole
         x = pixels[idx]
         pad = max(1, clip.image_size // 8)
         return norm(augment(x, g, pad=pad) if cfg.augment else x.permute(0, 3, 1, 2).float().contiguous() / 255.)
@@ -183,28 +190,32 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
 
     hist = fit("ueo", N, cfg, model, opt, sched, dist, step_fn, dist_opt, batch, loss, record,
                lambda micro: tuple(np.mean(micro, 0).tolist()),
-               lambda h, epoch, parts, seconds: append_means(h, ("loss", "sharpen", "marginal"), parts, seconds), UEOHistory(),
+               lambda h, epoch, parts, seconds: append_means(h, ("loss", "sharpen", "marginal"), parts,
+                                                             seconds), UEOHistory(),
                extra=lambda: {"__ctx__": prompts.ctx}, restore=restore, out=out, resume=resume, on_step=on_step,
                train_mode=False)
     for p in model.parameters(): p.requires_grad_(True)
     model.eval()
-    clip._text_cache.clear()
+    clip.clear_text_cache()
     return prompts, dict(w=w, logits_before=before, logits_after=ueo_predict(clip, prompts, pixels, norm), history=hist)
 
 # %% ../nbs/21_ueo.ipynb 16
 def run_ueo(clip, ds, # a `Clip` and an `ImageSet` (labels are read only by the evaluation at the end)
             cfg:UEOConfig=None, known=None, n_unknown:int=0, on_step=None, out=None, resume:bool=False,
-            dist=None, # the process group (see `fit_ueo`); in a launched group only the first process returns the results
+            # the process group (see `fit_ueo`); in a launched group only the first process returns the results
+            dist=None,
            )->dict:
     "UEO end to end on `ds` with the known classes `known` (see `known_split`); logits and scores before and after."
     from latteclip.zeroshot import scores
-    kidx = known_split(ds.classes, known, n_unknown); classes = [ds.classes[i] for i in kidx]
+    kidx = known_split(ds.classes, known, n_unknown)
+    classes = [ds.classes[i] for i in kidx]
     prompts, r = fit_ueo(clip, ds.unlabeled(), classes, cfg, on_step, out, resume, dist)
     if dist is not None and not dist.is_main: return None
     res = dict(known=kidx, known_classes=classes, prompts=prompts, **r)
     if ds.has_labels:                                                                  # evaluation only
         remap = {c: j for j, c in enumerate(kidx)}
-        y = np.array([remap.get(l, -1) for l in ds.labels]); is_known = y >= 0
+        y = np.array([remap.get(l, -1) for l in ds.labels])
+        is_known = y >= 0
         for tag, lg in [("zeroshot", r["logits_before"]), ("ueo", r["logits_after"])]:
             sc = scores(lg[is_known].argmax(1).numpy(), y[is_known], len(kidx))
             res[f"{tag}_top1"], res[f"{tag}_per_class_mean"] = sc["top1"], sc["per_class_mean"]
@@ -249,8 +260,8 @@ def _run_ueo(ctx:RunContext)->dict:
     names, known = r["known_classes"], "is_known" in r
     if ds.has_labels:                                                         # scored on the known-class images
         keep = np.flatnonzero(r["is_known"]).tolist()
-        test = ds.subset(keep)._copy(classes=names, labels=r["known_labels"][keep].tolist())
-    else: keep, test = list(range(len(ds))), ds._copy(classes=names)
+        test = ds.subset(keep).relabel(names, r["known_labels"][keep].tolist())
+    else: keep, test = list(range(len(ds))), ds.relabel(names)
     h = r["history"]
     msp, pred = r["logits_after"].float().softmax(-1).max(-1)
     with run_files(out) as f:                                                 # the run's files: all of them or none
@@ -276,7 +287,8 @@ _UEO_METRICS = ("auroc", "zeroshot_top1", "zeroshot_per_class_mean", "zeroshot_a
                 "n_unknown_images", "weight_scale", "config", "history")
 _check_known = lambda cfg, ds: known_split(ds.classes, cfg.known_classes, cfg.n_unknown)   # a bad class name: now
 register(Method("ueo", UEOSettings, _run_ueo, "UEO (ICML 2024): entropy optimisation of CLIP's normalisation layers "
-                "and a text context, closed set", metrics=_UEO_METRICS, columns=("zeroshot_top1", "auroc", "zeroshot_auroc"),
+                "and a text context, closed set", metrics=_UEO_METRICS, columns=("zeroshot_top1", "auroc",
+                                                                                 "zeroshot_auroc"),
                 summary=_ueo_summary, check_data=_check_known))
 register(Method("ueo-open", UEOSettings, _run_ueo, "UEO on an open set: the last 4 classes are unknown (known-class "
                 "top-1 and the AUROC of unknown detection)", dict(n_unknown=4), metrics=_UEO_METRICS,

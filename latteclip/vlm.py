@@ -7,103 +7,19 @@ from __future__ import annotations
 import os, importlib.util
 from pathlib import Path
 from .core import LatteError, progress, default_device
+from .hf import (DTYPES, check_dtype, check_4bit, local_folder, local_first, model_kwargs, end_ids,
+                 word_tokenizer, load_lazily, LazyModel, describer_repr, cut_at_end)
 
 # %% auto 0
-__all__ = ['DTYPES', 'FAMILIES', 'CIFAR10', 'LLAVA_TEMPLATE', 'QWEN2_VL_TEMPLATE', 'load_processor', 'load_vlm', 'tiny_vlm',
-           'load_lazily', 'TransformersDescriber']
+__all__ = ['FAMILIES', 'CIFAR10', 'LLAVA_TEMPLATE', 'QWEN2_VL_TEMPLATE', 'load_processor', 'load_vlm', 'tiny_corpus', 'tiny_vlm',
+           'TransformersDescriber']
 
 # %% ../nbs/12_vlm.ipynb 5
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-def _truthy(name): return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-def _offline()->bool: return _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE")
-def _first_line(e)->str: return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-def _check_dtype(dtype:str):
-    if dtype not in DTYPES: raise LatteError(f"Unknown dtype '{dtype}': use one of {', '.join(DTYPES)}.")
-
-def _check_4bit():
-    import torch
-    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
-        raise LatteError("4-bit loading needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes): "
-                         "run on such a machine or leave 4-bit off.")
-
-def _local_folder(model_id:str)->Path|None:
-    "The folder `model_id` names, None for a Hub id; a `LatteError` for a path that is not a folder."
-    p = Path(model_id).expanduser()
-    if p.is_dir(): return p
-    if model_id.startswith(("/", "./", "../", "~", ".\\")) or model_id.count("/") > 1:
-        raise LatteError(f"The model folder {model_id} does not exist: pass a folder written by save_pretrained, or a "
-                         "Hub id such as llava-hf/llava-v1.6-mistral-7b-hf.")
-    return None
-
-def _hub_knows(model_id:str):
-    "One request, no retries: a `LatteError` unless the Hub has `model_id`."
-    from huggingface_hub import model_info
-    try: model_info(model_id, timeout=10)
-    except Exception as e:
-        name = type(e).__name__
-        if "NotFound" in name or "Validation" in name or "Gated" in name or "401" in str(e) or "404" in str(e):
-            raise LatteError(f"The Hugging Face Hub has no model {model_id} that you can read ({_first_line(e)}): "
-                             "check the id, or pass a local folder with the model's files.") from None
-        raise LatteError(f"The model {model_id} is not in the Hugging Face cache and the Hub cannot be reached "
-                         f"({_first_line(e)}): pass a local folder with the model's files, or download it on a machine "
-                         "with a network first.") from None
-
-def _local_first(model_id:str, folder:Path|None, load):
-    "`load(src, local_files_only)` on local files first, then online when allowed; every failure a `LatteError`."
-    import transformers
-    try:
-        try: return load(str(folder) if folder else model_id, True)
-        except (OSError, ValueError) as e:
-            if folder:
-                raise LatteError(f"The folder {folder} does not hold an image-text-to-text model that transformers "
-                                 f"{transformers.__version__} can load ({_first_line(e)}): save model and processor "
-                                 "there with save_pretrained.") from None
-            if isinstance(e, ValueError): raise
-            if _offline():
-                raise LatteError(f"The model {model_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
-                                 "pass a local folder with the model's files, or unset HF_HUB_OFFLINE to "
-                                 "download it.") from None
-            _hub_knows(model_id)
-            try: return load(model_id, False)
-            except OSError as e:
-                raise LatteError(f"Downloading {model_id} failed ({_first_line(e)}): check the network and the disk, "
-                                 "or pass a local folder.") from None
-    except ValueError as e:
-        raise LatteError(f"{model_id} cannot be loaded as an image-text-to-text model by transformers "
-                         f"{transformers.__version__} ({_first_line(e)}): pick a model of that kind, or upgrade "
-                         "transformers.") from None
-
 def load_processor(model_id:str):
     "The processor of `model_id` (local files first), for a model that was passed already built."
     import transformers
-    return _local_first(model_id, _local_folder(model_id),
+    return local_first(model_id, local_folder(model_id),
                         lambda src, local: transformers.AutoProcessor.from_pretrained(src, local_files_only=local))
-
-def _model_kwargs(dtype:str, device, device_map, load_in_4bit:bool)->tuple:
-    ("`(device or None, from_pretrained keyword arguments)` for the dtype, device and 4-bit options every transformers "
-     "loader takes.")
-    _check_dtype(dtype)
-    if load_in_4bit: _check_4bit()
-    import torch, transformers
-    if os.environ.get("LATTECLIP_QUIET", "0") == "1": transformers.utils.logging.disable_progress_bar()
-    dev = None if (device_map or load_in_4bit) else (torch.device(device) if device else default_device())
-    kw = {"dtype": "auto" if dtype == "auto" and (dev is None or dev.type == "cuda") else
-                   getattr(torch, "float32" if dtype == "auto" else dtype)}
-    if load_in_4bit:
-        compute = torch.float16 if dtype in ("auto", "float32") else getattr(torch, dtype)
-        kw["quantization_config"] = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                                    bnb_4bit_compute_dtype=compute)
-        kw["dtype"] = compute
-    if device_map or load_in_4bit: kw["device_map"] = device_map or "auto"
-    return dev, kw
-
-def _end_ids(model, tok)->set:
-    "The token ids that end a generated text: the generation config's end-of-text ids, else the tokenizer's."
-    gc = model.generation_config
-    eos = gc.eos_token_id if gc.eos_token_id is not None else tok.eos_token_id
-    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
 def load_vlm(model_id:str, # a Hub id (llava-hf/llava-v1.6-mistral-7b-hf) or a folder written by save_pretrained
              dtype:str="auto", # auto (checkpoint's on GPU, float32 on CPU), float32, float16 or bfloat16
@@ -113,13 +29,13 @@ def load_vlm(model_id:str, # a Hub id (llava-hf/llava-v1.6-mistral-7b-hf) or a f
              load_in_4bit:bool=False, # NF4 quantisation with bitsandbytes (CUDA only)
             )->tuple:
     "The model and processor of `model_id`, from local files when possible; a `LatteError` in one sentence otherwise."
-    dev, kw = _model_kwargs(dtype, device, device_map, load_in_4bit)
-    folder = _local_folder(model_id)
+    dev, kw = model_kwargs(dtype, device, device_map, load_in_4bit)
+    folder = local_folder(model_id)
     import transformers
     def load(src, local):                                # the processor first: it is small and fails the same way
         proc = transformers.AutoProcessor.from_pretrained(src, local_files_only=local)
         return transformers.AutoModelForImageTextToText.from_pretrained(src, local_files_only=local, **kw), proc
-    model, proc = _local_first(model_id, folder, load)
+    model, proc = local_first(model_id, folder, load)
     if dev is not None: model = model.to(dev)
     return model.eval(), proc
 
@@ -127,7 +43,8 @@ def load_vlm(model_id:str, # a Hub id (llava-hf/llava-v1.6-mistral-7b-hf) or a f
 FAMILIES = ("llava", "qwen2_vl")
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-def _corpus()->list:
+def tiny_corpus()->list:
+    "The texts whose words make the vocabulary of the tiny models' tokenizers."
     from latteclip.texts import IMAGE_PROMPT, GROUP_PROMPT
     from latteclip.attributes import COLOURS, ADJECTIVES, SIZES, caption
     out = [p.format(name=c, domain=d)
@@ -135,15 +52,6 @@ def _corpus()->list:
     out += [caption(c, a, s, col, bg)
             for c in CIFAR10 for a, s, col, bg in zip(ADJECTIVES, SIZES * 3, COLOURS, COLOURS[::-1])]
     return out + ["[INST] [/INST] user assistant system USER ASSISTANT"]
-
-def _word_tokenizer(specials:list, **tokens):
-    "A word-level `PreTrainedTokenizerFast` over the prompts' words, with `specials` first."
-    from tokenizers import Tokenizer, models, trainers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.WordLevel(unk_token=specials[0]))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(_corpus(), trainers.WordLevelTrainer(special_tokens=specials, show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=specials[0], **tokens)
 
 LLAVA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {% for c in m['content'] %}"
                   "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
@@ -159,8 +67,8 @@ QWEN2_VL_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
 
 def _tiny_llava(width:int):
     import transformers as T
-    tok = _word_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos_token="<s>", eos_token="</s>",
-                          pad_token="<pad>")
+    tok = word_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], tiny_corpus(), bos_token="<s>", eos_token="</s>",
+                         pad_token="<pad>")
     improc = T.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     proc = T.LlavaProcessor(image_processor=improc, tokenizer=tok, patch_size=8,
                             vision_feature_select_strategy="default",
@@ -179,7 +87,7 @@ def _tiny_qwen2_vl(width:int):
     import transformers as T
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                 "<|video_pad|>"]
-    tok = _word_tokenizer(specials, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = word_tokenizer(specials, tiny_corpus(), eos_token="<|im_end|>", pad_token="<|endoftext|>")
     px = dict(size={"shortest_edge": 32 * 32, "longest_edge": 32 * 32}, patch_size=8, merge_size=2,
               temporal_patch_size=2)
     proc = T.Qwen2VLProcessor(image_processor=T.Qwen2VLImageProcessor(**px), tokenizer=tok,
@@ -218,27 +126,7 @@ def tiny_vlm(family:str="llava", # "llava" or "qwen2_vl"
     return model, proc
 
 # %% ../nbs/12_vlm.ipynb 13
-def load_lazily(model, # a built model, or None to load one with `load`
-                other, # its processor or tokenizer, or None
-                load, # () -> `(model, other)`, called when `model` is None
-                load_other, # () -> `other`, for a passed `model` without one
-                device:str|None=None, # where a passed `model` goes (None: where it is)
-                tokenizer=None, # `other` -> its tokenizer (None: `other` is the tokenizer)
-               )->tuple:
-    "`(model, other)` with what is missing loaded, a passed model in eval mode, and the tokenizer padding on the left."
-    if model is None:
-        model, loaded = load()
-        other = other or loaded
-    else:
-        if other is None: other = load_other()
-        if device is not None: model = model.to(device)
-        model.eval()
-    tok = other if tokenizer is None else tokenizer(other)
-    tok.padding_side = "left"                        # generation continues from the last position of every row
-    if tok.pad_token is None: tok.pad_token = tok.eos_token
-    return model, other
-
-class TransformersDescriber:
+class TransformersDescriber(LazyModel):
     "The `transformers:<model id>` describer: an image-text-to-text model answers each request's prompt, greedily."
     def __init__(self,
                  model_id:str, # Hub id or local folder; names the texts in the cache
@@ -252,18 +140,16 @@ class TransformersDescriber:
                 ):
         if int(batch_size) < 1: raise LatteError(f"The describer batch size must be at least 1, not {batch_size}.")
         if int(max_new_tokens) < 1: raise LatteError(f"max_new_tokens must be at least 1, not {max_new_tokens}.")
-        _check_dtype(dtype)
+        check_dtype(dtype)
         if model is None:
-            if load_in_4bit: _check_4bit()
-            _local_folder(model_id)                     # a missing folder fails now, not at the first uncached text
+            if load_in_4bit: check_4bit()
+            local_folder(model_id)                     # a missing folder fails now, not at the first uncached text
         self.model_id, self.batch_size, self.max_new_tokens = str(model_id), int(batch_size), int(max_new_tokens)
         self.dtype, self.device, self.device_map, self.load_in_4bit = dtype, device, device_map, load_in_4bit
         self.id = f"transformers:{self.model_id}:{self.max_new_tokens}"
         self._model, self._processor, self._ready = model, processor, False
 
-    def __repr__(self):
-        return (f"TransformersDescriber({self.model_id}, batch_size={self.batch_size}, "
-                f"max_new_tokens={self.max_new_tokens})")
+    def __repr__(self): return describer_repr(self, "batch_size", "max_new_tokens")
 
     def load(self):
         "Load what is missing of model and processor now (the first `describe` does it otherwise); returns self."
@@ -275,8 +161,6 @@ class TransformersDescriber:
         self._ready = True
         return self
 
-    @property
-    def model(self): return self.load()._model
     @property
     def processor(self): return self.load()._processor
 
@@ -309,13 +193,11 @@ class TransformersDescriber:
         for s in (progress(starts, desc=f"describing with {self.model_id}") if len(starts) > 1 else starts):
             enc = self.inputs(requests[s:s + self.batch_size])
             tok = self._processor.tokenizer
-            eos = _end_ids(self._model, tok)
+            eos = end_ids(self._model, tok)
             with torch.inference_mode():
                 seq = self._model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                            pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
-            for row in seq[:, enc["input_ids"].shape[1]:].tolist():
-                cut = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
-                out.append(row[:cut])
+            out += cut_at_end(seq, enc["input_ids"].shape[1], eos)
         return out
 
     def describe(self, requests:list)->list:

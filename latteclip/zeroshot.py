@@ -13,7 +13,7 @@ from .data import open_data, parse_shift, SHIFTS, Shift
 from .models import load_clip, encode_images, zeroshot_classifier, zeroshot_logits, templates_for
 
 # %% auto 0
-__all__ = ['zeroshot', 'scores', 'plot_confusion', 'write_run', 'run_zeroshot', 'robustness', 'rows_to_markdown']
+__all__ = ['zeroshot', 'scores', 'finish_figure', 'plot_confusion', 'write_run', 'run_zeroshot', 'robustness', 'rows_to_markdown']
 
 # %% ../nbs/05_zeroshot.ipynb 5
 def zeroshot(clip, ds, # a `Clip` and an `ImageSet`
@@ -28,12 +28,23 @@ def zeroshot(clip, ds, # a `Clip` and an `ImageSet`
 def scores(pred, labels, n_classes:int)->dict:
     "`top1` and `per_class_mean` (percent) of predictions against labels; `None`s when unlabeled."
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
-    labels = np.asarray(labels); pred = np.asarray(pred)
+    labels = np.asarray(labels)
+    pred = np.asarray(pred)
     if len(labels) == 0 or (labels < 0).any(): return dict(top1=None, per_class_mean=None)
     return dict(top1=round(100 * accuracy_score(labels, pred), 2),
                 per_class_mean=round(100 * balanced_accuracy_score(labels, pred), 2))
 
 # %% ../nbs/05_zeroshot.ipynb 10
+def finish_figure(fig, ax, title:str, path=None):
+    "Title `ax` and tighten `fig`; given a `path`, save it there (90 dpi) and close it. Returns `fig`."
+    import matplotlib.pyplot as plt
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+    return fig
+
 def plot_confusion(pred, labels, classes, title="", path=None):
     "A row-normalised confusion matrix (scikit-learn), saved to `path` when given."
     import matplotlib.pyplot as plt
@@ -42,9 +53,7 @@ def plot_confusion(pred, labels, classes, title="", path=None):
     ConfusionMatrixDisplay.from_predictions(labels, pred, labels=list(range(len(classes))), display_labels=classes,
                                             normalize="true", values_format=".2f", ax=ax, colorbar=False,
                                             xticks_rotation=90, text_kw=dict(fontsize=6))
-    ax.set_title(title, fontsize=9); fig.tight_layout()
-    if path: fig.savefig(path, dpi=90); plt.close(fig)
-    return fig
+    return finish_figure(fig, ax, title, path)
 
 def write_run(out, # output folder
               method:str, ds, clip, # method name, the `ImageSet`, the `Clip`
@@ -52,7 +61,8 @@ def write_run(out, # output folder
               seconds:float, **extra)->dict:
     "Write metrics.json, predictions.csv and the confusion plot of a finished run (all or none); return the metrics."
     out = out_dir(out)
-    prob = logits.float().softmax(-1); conf, pred = prob.max(-1)
+    prob = logits.float().softmax(-1)
+    conf, pred = prob.max(-1)
     m = dict(method=method, dataset=ds.name, shift=str(ds.shift) if ds.shift else None,
              model=clip.name, pretrained=Path(clip.pretrained).name if clip.pretrained else None,
              n_images=len(ds), n_classes=len(ds.classes), **scores(pred.numpy(), ds.labels, len(ds.classes)),
@@ -84,7 +94,9 @@ def write_run(out, # output folder
 def run_zeroshot(data=None, classes=None, shift=None, model:str="latteclip-tiny", pretrained:str=None,
                  templates=None, out="runs/zeroshot", batch_size:int=256, device=None, download:bool=False)->dict:
     "Zero-shot CLIP on `data` (default: the embedded set), writing the run's files into `out`."
-    out = out_dir(out); t0 = time.time(); reset_peak_rss()
+    out = out_dir(out)
+    t0 = time.time()
+    reset_peak_rss()
     ds = open_data(data, classes, shift, download=download)
     clip = load_clip(model, pretrained, device)
     logits = zeroshot(clip, ds, templates, batch_size)
@@ -99,13 +111,15 @@ def robustness(data=None, model:str="latteclip-tiny", pretrained:str=None, sever
     if per_class is not None and per_class < 1: raise LatteError(f"--per-class must be at least 1, got {per_class}.")
     clip = load_clip(model, pretrained, device)
     base = open_data(data, verify=False)
-    if not base.has_labels: raise LatteError("The robustness table needs labelled data (a folder with class sub-folders).")
+    if not base.has_labels: raise LatteError("The robustness table needs labelled data (a folder with class "
+                                             "sub-folders).")
     if per_class:
         labels = np.asarray(base.labels)
         base = base.subset(sorted(i for k in range(len(base.classes)) for i in np.flatnonzero(labels == k)[:per_class]))
     W = zeroshot_classifier(clip, base.classes, templates)
     def top(ds):
-        return scores((encode_images(clip, ds, batch_size, desc=str(ds.shift or "clean")) @ W.T).argmax(1).numpy(), ds.labels, len(ds.classes))
+        return scores((encode_images(clip, ds, batch_size, desc=str(ds.shift or "clean")) @ W.T).argmax(1).numpy(),
+                      ds.labels, len(ds.classes))
     rows = [dict(shift="none", severity=0, **top(base))]
     for name in shifts or sorted(SHIFTS):
         for s in ([1] if name == "grayscale" else severities):
@@ -116,4 +130,5 @@ def rows_to_markdown(rows:list, cols:list=None)->str:
     "A markdown table of a list of dicts."
     cols = cols or list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    return "\n".join(lines + ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |" for r in rows])
+    return "\n".join(lines + ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |"
+                              for r in rows])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest, torch, torch.nn.functional as F
 from latteclip.core import LatteError
 from latteclip.models import load_clip
-from latteclip.pretrain import load_pixels, _normalizer
+from latteclip.pixels import load_pixels, normalizer as _normalizer
 from latteclip.nola import (fixmatch_loss, confident_topk, VisualPrompts, AlignmentHead, fit_head, fit_nola, run_nola, NoLAConfig,
                             strong_views, prompt_attention)
 from conftest import latteclip
