@@ -110,7 +110,7 @@ def load()->dict:
                              f"{type(e).__name__}: {e}.") from None
     if not _REGISTRY:
         raise LatteError("No method is registered: install the package (pip install -e .) so its entry points exist.")
-    rank = {ep.value: i for i, ep in enumerate(eps)}                          # the same order whatever was imported first
+    rank = {ep.value: i for i, ep in enumerate(eps)}         # the same order, whatever was imported first
     order = sorted(_REGISTRY.values(), key=lambda m: rank.get(getattr(m.run, "__module__", None), len(rank)))
     return {m.name: m for m in order}
 
