@@ -4,7 +4,6 @@
 
 # %% ../nbs/20_dac.ipynb 3
 from __future__ import annotations
-import time
 from dataclasses import dataclass, asdict
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -159,8 +158,8 @@ def run_dac(clip, ds, # a `Clip` and a labelled `ImageSet` (shifted or not)
 # %% ../nbs/20_dac.ipynb 15
 from .methods import Method, RunContext, register
 from .report import save_run
-from .zeroshot import write_run, scores
-from .core import run_files, check_settings
+from .zeroshot import scores
+from .core import check_settings
 
 @dataclass
 class DACSettings(DACConfig):

@@ -15,7 +15,8 @@ from .models import load_clip
 from .distributed import Dist, process_group
 
 # %% auto 0
-__all__ = ['Method', 'RunContext', 'flag_name', 'setting_rows', 'register', 'load', 'get', 'group', 'settings_of', 'run_method']
+__all__ = ['RUN_ARGS', 'Method', 'RunContext', 'flag_name', 'setting_rows', 'register', 'load', 'get', 'group', 'settings_of',
+           'run_method']
 
 # %% ../nbs/09_methods.ipynb 5
 @dataclass
@@ -125,11 +126,13 @@ def group(name:str)->list:
     return [m for m, v in load().items() if name in v.groups]
 
 # %% ../nbs/09_methods.ipynb 12
+RUN_ARGS = ("model", "pretrained", "seed", "device")                          # what every run takes (see `run_method`)
+
 def settings_of(method:Method, seed:int, settings:dict)->dict:
     ("The settings `method` is given: those set (not None), the run's seed where it takes one; the run's own "
      "arguments dropped.")
     names = {f.name for f in fields(method.settings)}
-    given = {k: v for k, v in settings.items() if v is not None and k not in ("model", "pretrained", "seed", "device")}
+    given = {k: v for k, v in settings.items() if v is not None and k not in RUN_ARGS}
     if "seed" in names: given["seed"] = seed
     return given
 

@@ -8,8 +8,7 @@ import math, time
 from dataclasses import dataclass, asdict, field
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from .core import LatteError, StopRequest, check_settings, seed_everything, generator, progress, out_dir
-from .models import TEMPLATE, zeroshot_classifier
+from .core import LatteError, check_settings, generator, progress
 from .pixels import load_pixels, augment, normalizer
 from .train import encode_pixels
 from .loop import fit, LossStep, append_means

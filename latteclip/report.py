@@ -7,8 +7,6 @@ from __future__ import annotations
 import json, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
-import numpy as np
-import torch
 from .core import LatteError, check_settings, out_dir, write_json, run_files
 from .data import open_data
 from .models import templates_for, TEMPLATE
@@ -17,7 +15,7 @@ from .texts import synthetic_texts, AttributeDescriber, JsonlDescriber, TextCach
 from .train import TrainConfig, finetune, predict
 from .distributed import rank
 from .zeroshot import write_run, scores, zeroshot, rows_to_markdown, finish_figure
-from .methods import Method, RunContext, register, run_method, get, group, load, settings_of
+from .methods import Method, RunContext, register, run_method, get, group, load, settings_of, RUN_ARGS
 
 # %% auto 0
 __all__ = ['VARIANTS', 'make_describer', 'TextGen', 'LatteCLIPSettings', 'ZeroShotSettings', 'save_run', 'write_report',
@@ -260,16 +258,14 @@ def method_list(methods)->list:
     if not methods: raise LatteError("--methods names no method: give a comma-separated list, all or ablation.")
     return methods
 
-_RUN_ARGS = ("model", "pretrained", "seed", "device")                       # what every method takes (see `run_method`)
-
 def split_settings(methods:list, kw:dict)->dict:
     "Each method's share of the settings `kw` (by field name); a setting none of `methods` takes is refused."
     known = load()
     own = {m: {f.name for f in fields(known[m].settings)} for m in methods}
-    given = {k: v for k, v in kw.items() if v is not None and k not in _RUN_ARGS}
+    given = {k: v for k, v in kw.items() if v is not None and k not in RUN_ARGS}
     stray = [k for k in given if not any(k in s for s in own.values())]
     if stray: raise LatteError(f"None of {', '.join(methods)} takes {', '.join(stray)} (see `latteclip methods`).")
-    run = {k: kw[k] for k in _RUN_ARGS if k in kw}
+    run = {k: kw[k] for k in RUN_ARGS if k in kw}
     return {m: {**run, **{k: v for k, v in given.items() if k in own[m]}} for m in methods}
 
 def compare(methods, data=None, classes=None, shift=None, out="runs/compare",

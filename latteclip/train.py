@@ -4,8 +4,8 @@
 
 # %% ../nbs/15_train.ipynb 2
 from __future__ import annotations
-import json, math, time
-from dataclasses import dataclass, asdict, field
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F

@@ -4,12 +4,11 @@
 
 # %% ../nbs/21_ueo.ipynb 3
 from __future__ import annotations
-import math, time
+import time
 from dataclasses import dataclass, asdict, field
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from .core import LatteError, Interrupted, StopRequest, check_settings, seed_everything, generator, progress, out_dir
-from .models import TEMPLATE, zeroshot_classifier
+from .core import LatteError, check_settings
 from .pixels import load_pixels, augment, normalizer
 from .train import encode_pixels
 from .loop import fit, LossStep, append_means
