@@ -85,52 +85,40 @@ def ddp_throughput(full, n:int, batch_size:int, epochs:int=2, repeats:int=2)->di
                 ddp2_images_per_s=sig(ips[2]), ddp2_vs_single_throughput=sig(ips[2] / ips[1]),
                 ddp2_top1=ips["top1_2"], single_top1=ips["top1_1"])
 
-def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measurements (N; 2N for scaling)
-          models=("latteclip-tiny", "ViT-B-32"), quick:bool=False)->dict:
-    "Measure every ratio of the table above and write `out/bench.json`."
-    import open_clip
-    register_tiny()
-    models = tuple(models)
-    bad = [m for m in models if m not in open_clip.list_models()]
-    if not models or bad:
-        raise LatteError(f"Unknown model(s) for the benchmark: {', '.join(bad) or '(none given)'}; see "
-                         "open_clip.list_models().")
-    if n < 20: raise LatteError("--n must be at least 20 images.")
-    out = out_dir(out)
-    res = {"n": n, "models": list(models), "quick": quick}
-    say = lambda m: None if os.environ.get("LATTECLIP_QUIET") else print(f"[bench] {m}", file=sys.stderr, flush=True)
-    steps = 2 if quick else 4
-    full = open_data(shift=DEFAULT_SHIFT)
-    need = min(len(full), max(2 * n, max(256 if m == "latteclip-tiny" else 32 for m in models) * (steps + 1)))
-    ds = full.subset(np.linspace(0, len(full) - 1, need).astype(int)).unlabeled()
-    tiny = load_clip(device="cpu")
-    y = pseudo_labels(tiny, ds, cache=False).labels
-    cache_path = Path(tempfile.mkdtemp()) / "texts.jsonl"
-    say("text stage, cold and warm cache")
+def _say(m:str):
+    "A progress line on stderr (silent under LATTECLIP_QUIET)."
+    if not os.environ.get("LATTECLIP_QUIET"): print(f"[bench] {m}", file=sys.stderr, flush=True)
+
+def _text_cache(ds, y, n:int, cache_path:Path)->dict:
+    "The text stage on `n` images with a cold cache, then again with the warm one."
+    _say("text stage, cold and warm cache")
     t = time.perf_counter()
-    T = synthetic_texts(ds.subset(range(n)), y[:n], AttributeDescriber(), TextCache(cache_path))
+    synthetic_texts(ds.subset(range(n)), y[:n], AttributeDescriber(), TextCache(cache_path))
     cold = time.perf_counter() - t
     t = time.perf_counter()
     T2 = synthetic_texts(ds.subset(range(n)), y[:n], AttributeDescriber(), TextCache(cache_path))
     warm = time.perf_counter() - t
-    res.update(text_cold_s=sig(cold), text_warm_s=sig(warm), cache_rerun_fraction=sig(warm / cold), warm_calls=T2.calls)
-    for name in models:
-        say(f"{name}: training steps and feature extraction")
-        bs = 32 if name != "latteclip-tiny" else 256
-        m = ds.subset(range(bs * (steps + 1)))
-        Tm = synthetic_texts(m, y[:len(m)], AttributeDescriber(), TextCache(cache_path))
-        lat = step_seconds(name, m, Tm, y, "latteclip", bs, steps)
-        fly = step_seconds(name, m, Tm, y, "flyp", bs, steps)
-        clip = tiny if name == "latteclip-tiny" else load_clip(name, None, "cpu")
-        enc = ds.subset(range(512 if name == "latteclip-tiny" else 64))
-        ours, plain = encode_seconds(clip, enc, 64 if name == "latteclip-tiny" else 32, 2 if quick else 5)
-        res[name] = dict(batch_size=bs, latteclip_step_s=sig(lat), flyp_step_s=sig(fly),
-                         step_ratio_latteclip_vs_flyp=sig(lat / fly), encode_s=sig(ours), open_clip_encode_s=sig(plain),
-                         encode_ratio_vs_open_clip=sig(plain / ours))
-    # headline: the first model
-    res["step_ratio_latteclip_vs_flyp"] = res[models[0]]["step_ratio_latteclip_vs_flyp"]
-    res["encode_ratio_vs_open_clip"] = res[models[0]]["encode_ratio_vs_open_clip"]
-    say(f"scaling: whole runs on {n // 2} and {n} images")
+    return dict(text_cold_s=sig(cold), text_warm_s=sig(warm), cache_rerun_fraction=sig(warm / cold),
+                warm_calls=T2.calls)
+
+def _per_model(name:str, ds, y, tiny, cache_path:Path, steps:int, quick:bool)->dict:
+    "One model's training steps (LatteCLIP vs FLYP) and feature extraction (ours vs open_clip's)."
+    _say(f"{name}: training steps and feature extraction")
+    bs = 32 if name != "latteclip-tiny" else 256
+    m = ds.subset(range(bs * (steps + 1)))
+    Tm = synthetic_texts(m, y[:len(m)], AttributeDescriber(), TextCache(cache_path))
+    lat = step_seconds(name, m, Tm, y, "latteclip", bs, steps)
+    fly = step_seconds(name, m, Tm, y, "flyp", bs, steps)
+    clip = tiny if name == "latteclip-tiny" else load_clip(name, None, "cpu")
+    enc = ds.subset(range(512 if name == "latteclip-tiny" else 64))
+    ours, plain = encode_seconds(clip, enc, 64 if name == "latteclip-tiny" else 32, 2 if quick else 5)
+    return dict(batch_size=bs, latteclip_step_s=sig(lat), flyp_step_s=sig(fly),
+                step_ratio_latteclip_vs_flyp=sig(lat / fly), encode_s=sig(ours), open_clip_encode_s=sig(plain),
+                encode_ratio_vs_open_clip=sig(plain / ours))
+
+def _scaling(full, n:int, quick:bool)->dict:
+    "Whole runs with cold caches on N/2 and N images, each size in both orders; the faster of each."
+    _say(f"scaling: whole runs on {n // 2} and {n} images")
     ep, bs_scale = (1 if quick else 2), min(256, max(8, n // 8))       # the same batch size at N and 2N
     def whole_run(k):                                         # a whole run with cold caches (pseudo-labels and texts)
         with tempfile.TemporaryDirectory() as d, mock.patch.dict(os.environ, LATTECLIP_CACHE=d):
@@ -139,14 +127,17 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
                        epochs=ep, text_cache=str(Path(d) / "texts.jsonl"), batch_size=bs_scale)
             return time.perf_counter() - t
     whole_run(2 * bs_scale)                                # warm-up: first-call costs are not a cost of N
-    rounds = [(n // 2, n), (n, n // 2)][:1 if quick else 2]   # each size twice, in both orders; the faster of each
+    rounds = [(n // 2, n), (n, n // 2)][:1 if quick else 2]
     runs = {n // 2: [], n: []}
     for r in rounds:
         for k in r: runs[k].append(whole_run(k))
     times = {k: min(v) for k, v in runs.items()}
-    res.update(scale_n=n // 2, scale_time_n_s=sig(times[n // 2]), scale_time_2n_s=sig(times[n]),
-               scale_ratio_2n_vs_n=sig(times[n] / times[n // 2]), scale_batch_size=bs_scale, scale_epochs=ep)
-    say("the default run in a child process, for its peak memory")
+    return dict(scale_n=n // 2, scale_time_n_s=sig(times[n // 2]), scale_time_2n_s=sig(times[n]),
+                scale_ratio_2n_vs_n=sig(times[n] / times[n // 2]), scale_batch_size=bs_scale, scale_epochs=ep)
+
+def _default_run(full, n:int, bs_scale:int, cache_path:Path, quick:bool)->dict:
+    "The default run in a child process, for its peak memory (quick: one epoch on a folder of `n` images)."
+    _say("the default run in a child process, for its peak memory")
     with tempfile.TemporaryDirectory() as d:
         args = ["--epochs", "10"]
         # smoke mode: the same command on an image folder of n images
@@ -164,16 +155,49 @@ def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measu
         if r.returncode != 0:
             raise LatteError(f"The default run failed inside the benchmark: {r.stderr.strip()[-300:]}")
         mm = json.loads((Path(d) / "run" / "metrics.json").read_text())
-        res.update(peak_rss_mb=mm["peak_rss_mb"], default_run_s=mm["seconds"], default_run_epochs=int(args[1]),
-                   default_run_images=mm["n_images"])
-    say("data-parallel: the same training in 2 processes (accelerate, gloo on CPU) and in 1, same global batch")
+        return dict(peak_rss_mb=mm["peak_rss_mb"], default_run_s=mm["seconds"], default_run_epochs=int(args[1]),
+                    default_run_images=mm["n_images"])
+
+def _imports()->dict:
+    "Import times in fresh processes, and whether importing latteclip pulls in transformers."
+    code = "import time; t=time.perf_counter(); import {}; print(time.perf_counter()-t)"
+    return dict(import_s=sig(min(_child(code.format("latteclip")) for _ in range(3))),
+                import_all_s=sig(min(_child(code.format("latteclip.cli, latteclip.report, latteclip.bench"))
+                                     for _ in range(3))),
+                transformers_imported_by_latteclip=_child("import sys, latteclip.report, latteclip.vlm; "
+                                                          "print(int('transformers' in sys.modules))") == 1)
+
+def bench(out="runs/bench", n:int=1000, # images for the scaling and cache measurements (N; 2N for scaling)
+          models=("latteclip-tiny", "ViT-B-32"), quick:bool=False)->dict:
+    "Measure every ratio of the table above and write `out/bench.json`."
+    import open_clip
+    register_tiny()
+    models = tuple(models)
+    bad = [m for m in models if m not in open_clip.list_models()]
+    if not models or bad:
+        raise LatteError(f"Unknown model(s) for the benchmark: {', '.join(bad) or '(none given)'}; see "
+                         "open_clip.list_models().")
+    if n < 20: raise LatteError("--n must be at least 20 images.")
+    out = out_dir(out)
+    res = {"n": n, "models": list(models), "quick": quick}
+    steps = 2 if quick else 4
+    full = open_data(shift=DEFAULT_SHIFT)
+    need = min(len(full), max(2 * n, max(256 if m == "latteclip-tiny" else 32 for m in models) * (steps + 1)))
+    ds = full.subset(np.linspace(0, len(full) - 1, need).astype(int)).unlabeled()
+    tiny = load_clip(device="cpu")
+    y = pseudo_labels(tiny, ds, cache=False).labels
+    cache_path = Path(tempfile.mkdtemp()) / "texts.jsonl"
+    res.update(_text_cache(ds, y, n, cache_path))
+    for name in models: res[name] = _per_model(name, ds, y, tiny, cache_path, steps, quick)
+    # headline: the first model
+    res["step_ratio_latteclip_vs_flyp"] = res[models[0]]["step_ratio_latteclip_vs_flyp"]
+    res["encode_ratio_vs_open_clip"] = res[models[0]]["encode_ratio_vs_open_clip"]
+    res.update(_scaling(full, n, quick))
+    bs_scale = res["scale_batch_size"]
+    res.update(_default_run(full, n, bs_scale, cache_path, quick))
+    _say("data-parallel: the same training in 2 processes (accelerate, gloo on CPU) and in 1, same global batch")
     # a batch 2 processes split evenly
     res.update(ddp_throughput(full, n, bs_scale - bs_scale % 2, 1 if quick else 2, 1 if quick else 2))
-    code = "import time; t=time.perf_counter(); import {}; print(time.perf_counter()-t)"
-    res["import_s"] = sig(min(_child(code.format("latteclip")) for _ in range(3)))
-    res["import_all_s"] = sig(min(_child(code.format("latteclip.cli, latteclip.report, latteclip.bench"))
-                                  for _ in range(3)))
-    res["transformers_imported_by_latteclip"] = _child("import sys, latteclip.report, latteclip.vlm; "
-                                                       "print(int('transformers' in sys.modules))") == 1
+    res.update(_imports())
     write_json(res, out / "bench.json")
     return res

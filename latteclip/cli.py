@@ -306,7 +306,7 @@ def _pretrain(args):
           f"held-out zero-shot {log['epochs'][-1]['val_top1']}%, weights {log['weights']} ({log['weights_mb']} MB)")
 
 def _pretrain_dino(args):
-    from latteclip.dino import pretrain_dino
+    from latteclip.pretrain_dino import pretrain_dino
     log = pretrain_dino(args.data, args.out, args.epochs, args.batch_size, args.lr, args.n_local, seed=args.seed,
                         precision=args.precision, target=None if args.target == "none" else args.target,
                         per_class=args.per_class, resume=args.resume, device=args.device, stop_after=args.stop_after)

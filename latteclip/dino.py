@@ -4,18 +4,17 @@
 
 # %% ../nbs/06_dino.ipynb 2
 from __future__ import annotations
-import copy, json, math, os, time
+import math
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from safetensors.torch import save_file, load_file
-from .core import (LatteError, progress, seed_everything, generator, default_device, out_dir, write_json,
-                            peak_rss_mb, asset, ASSETS, StopRequest, Interrupted, torch_save)
+from safetensors.torch import load_file
+from .core import LatteError, progress, default_device, ASSETS
 from .data import open_data
 
 # %% auto 0
 __all__ = ['DINO_TINY', 'DINO_CFG', 'tiny_vit', 'SSLModel', 'load_ssl', 'random_crops', 'colour', 'multicrop', 'DINOHead',
-           'dino_loss', 'cosine', 'knn_top1', 'pretrain_dino', 'knn_report']
+           'dino_loss', 'cosine', 'knn_top1', 'knn_report']
 
 # %% ../nbs/06_dino.ipynb 4
 DINO_TINY = "latteclip-dino-tiny"
@@ -148,7 +147,7 @@ def multicrop(pixels:torch.Tensor, # uint8 (B, H, W, 3)
              colour(random_crops(x, size, (0.35, 1.), g), g, p_solarize=0.2)]
     return views + [colour(random_crops(x, local_size, (0.1, 0.35), g), g) for _ in range(n_local)]
 
-# %% ../nbs/06_dino.ipynb 9
+# %% ../nbs/06_dino.ipynb 11
 class DINOHead(nn.Module):
     "MLP -> L2-normalised bottleneck -> weight-normalised prototypes (DINO's projection head)."
     def __init__(self, dim:int, out_dim:int=1024, hidden:int=512, bottleneck:int=128):
@@ -175,7 +174,7 @@ def cosine(step:int, total:int, start:float, end:float, warmup:int=0, warm_from:
     t = (step - warmup) / max(1, total - warmup)
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(1., t)))
 
-# %% ../nbs/06_dino.ipynb 11
+# %% ../nbs/06_dino.ipynb 13
 def knn_top1(bank:torch.Tensor, bank_labels, query:torch.Tensor, query_labels, k:int=20, T:float=0.07,
              n_classes:int=None, chunk:int=1000)->float:
     "Top-1 (%) of DINO's weighted k-NN classifier; features L2-normalised."
@@ -187,130 +186,6 @@ def knn_top1(bank:torch.Tensor, bank_labels, query:torch.Tensor, query_labels, k
         votes = torch.zeros(len(s), C).scatter_add_(1, bl[j], (s / T).exp())
         right += (votes.argmax(1) == ql[i:i + chunk]).sum().item()
     return 100. * right / len(query)
-
-# %% ../nbs/06_dino.ipynb 13
-def pretrain_dino(
-                  # folder or .tar/.zip of the unlabeled pre-training images (sub-folders only for the k-NN check)
-                  data:str,
-                  out:str="runs/dino", epochs:int=10, batch_size:int=256, lr:float=1e-3, n_local:int=2,
-                  out_dim:int=1024, momentum:float=0.99, seed:int=0, precision:str="auto",
-                  target:str="embedded", # images for the final k-NN check (labels read only there); None: skip
-                  per_class:int=None, # at most this many images per class (quick runs)
-                  resume:bool=False, device=None, stop_after:int=None)->dict:
-    ("Pre-train `latteclip-dino-tiny` with DINO on `data`; writes `out/latteclip-dino-tiny.safetensors` and "
-     "`out/dino.json`.")
-    from latteclip.pretrain import save_epoch
-    from latteclip.pixels import load_pixels, bf16_ok
-    out = out_dir(out)
-    seed_everything(seed)
-    device = torch.device(device) if device else default_device()
-    ds = open_data(data, verify=False)
-    lab = np.array(ds.labels) if ds.has_labels else np.zeros(len(ds), int)
-    rng = np.random.default_rng(seed)
-    val_idx, tr_idx = [], []
-    for k in np.unique(lab):
-        idx = rng.permutation(np.flatnonzero(lab == k))
-        nv = min(50, len(idx) // 10)                                         # held out for the k-NN curve
-        val_idx += list(idx[:nv])
-        tr_idx += list(idx[nv:][:per_class])
-    cache = out / "pixels.npy"
-    if cache.exists() and resume: pixels = np.load(cache)
-    else:
-        pixels = load_pixels(ds, DINO_CFG["img_size"])
-        np.save(cache, pixels)
-    tr_px, va_px = torch.from_numpy(pixels[tr_idx]), pixels[val_idx]
-    bank_idx = rng.permutation(len(tr_idx))[:5000]
-    student = nn.Sequential(tiny_vit(), DINOHead(DINO_CFG["embed_dim"], out_dim)).to(device)
-    teacher = copy.deepcopy(student).eval()
-    for p in teacher.parameters(): p.requires_grad_(False)
-    ssl = SSLModel(teacher[0], DINO_TINY, DINO_CFG["img_size"], DINO_CFG["mean"], DINO_CFG["std"], "timm", device)
-    for p in teacher.parameters(): p.requires_grad_(False)
-    norm = lambda v: (v.to(device) - ssl.mean) / ssl.std
-    steps = len(tr_idx) // batch_size
-    if steps == 0:
-        raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
-    total = epochs * steps
-    decay = [p for n, p in student.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in student.named_parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.}], lr=lr)
-    center = torch.zeros(1, out_dim, device=device)
-    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_ok(device))
-    log = dict(config=dict(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, n_local=n_local,
-                           out_dim=out_dim, momentum=momentum, n_train=len(tr_idx), n_val=len(val_idx), seed=seed,
-                           bf16=use_bf16, model=DINO_CFG), epochs=[])
-    ck, st, start = out / "checkpoint.safetensors", out / "state.pt", 0
-    if resume and ck.exists() and st.exists():
-        w = load_file(str(ck))
-        student.load_state_dict({k[2:]: v for k, v in w.items() if k.startswith("s.")})
-        teacher.load_state_dict({k[2:]: v for k, v in w.items() if k.startswith("t.")})
-        s = torch.load(st, weights_only=True)
-        opt.load_state_dict(s["opt"])
-        center = s["center"].to(device)
-        start = s["epoch"]
-        log = json.loads((out / "dino.json").read_text())
-    def knn_val():
-        f_bank = ssl.encode(tr_px[bank_idx])
-        f_val = ssl.encode(va_px)
-        return knn_top1(f_bank, lab[tr_idx][bank_idx], f_val, lab[val_idx])
-    for epoch in range(start, epochs):
-        student.train()
-        t0, losses = time.time(), []
-        g = generator(seed * 1000 + epoch)
-        perm = torch.randperm(len(tr_idx), generator=g)[:steps * batch_size].view(steps, batch_size)
-        bar = progress(perm, desc=f"epoch {epoch + 1}/{epochs}")
-        with StopRequest() as stop:
-            for i, b in enumerate(bar):
-                it = epoch * steps + i
-                for j, pg in enumerate(opt.param_groups):
-                    pg["lr"] = cosine(it, total, lr * batch_size / 256, 1e-6, warmup=steps)
-                    if j == 0: pg["weight_decay"] = cosine(it, total, 0.04, 0.4)
-                # crops on the device, random draws on the CPU
-                views = [norm(v) for v in multicrop(tr_px[b].to(device), g, n_local)]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    with torch.no_grad(): t_out = teacher(torch.cat(views[:2])).float().chunk(2)
-                    s_out = list(student(torch.cat(views[:2])).float().chunk(2))
-                    if n_local: s_out += list(student(torch.cat(views[2:])).float().chunk(n_local))
-                    loss = dino_loss(s_out, t_out, center)
-                if not torch.isfinite(loss):
-                    raise LatteError(f"The DINO loss became {loss.item()} in epoch {epoch + 1}: lower --lr; the last "
-                                     f"good checkpoint is in {out}.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(student.parameters(), 3.0)
-                opt.step()
-                with torch.no_grad():
-                    m = cosine(it, total, momentum, 1.0)
-                    for pt, ps in zip(teacher.parameters(), student.parameters()):
-                        pt.mul_(m).add_(ps.detach(), alpha=1 - m)
-                    center.mul_(0.9).add_(torch.cat(t_out).mean(0, keepdim=True), alpha=0.1)
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-                if stop.signum:
-                    raise Interrupted(f"DINO pre-training stopped in epoch {epoch + 1}; the checkpoint of epoch "
-                                      f"{epoch} is in {out}: add --resume to go on.")
-        val = knn_val()
-        log["epochs"].append(dict(epoch=epoch + 1, loss=float(np.mean(losses)), knn_val_top1=round(val, 2),
-                                  seconds=round(time.time() - t0, 1), lr=opt.param_groups[0]["lr"]))
-        print(f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f}, held-out k-NN {val:.1f}%, "
-              f"{time.time() - t0:.0f}s", flush=True)
-        w = ({f"s.{k}": v for k, v in student.state_dict().items()}
-             | {f"t.{k}": v for k, v in teacher.state_dict().items()})
-        state = dict(opt=opt.state_dict(), center=center.cpu(), epoch=epoch + 1)
-        if save_epoch(out, log, "dino.json", {k: v.contiguous() for k, v in w.items()}, state, epoch, epochs,
-                      stop_after):
-            return log
-    log["seconds"] = round(sum(e["seconds"] for e in log["epochs"]), 1)
-    log["peak_rss_mb"] = peak_rss_mb()
-    final = out / f"{DINO_TINY}.safetensors"
-    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in teacher[0].state_dict().items()},
-              str(final) + ".tmp",
-              metadata={"model": DINO_TINY, "epochs": str(epochs), "seed": str(seed), "method": "DINO"})
-    os.replace(str(final) + ".tmp", final)                     # a full disk leaves no half weights file
-    log["weights"], log["weights_mb"] = str(final), round(final.stat().st_size / 2**20, 2)
-    if target is not None:
-        log.update(knn_report(load_ssl(DINO_TINY, weights=str(final), device=device), data, target, per_class))
-    write_json(log, out / "dino.json")
-    return log
 
 def knn_report(ssl:SSLModel, bank_data:str, target:str="embedded", per_class:int=None, k:int=20)->dict:
     "k-NN top-1 of `ssl` features on the clean `target` set, with every image of `bank_data` as the labelled bank."

@@ -103,6 +103,11 @@ class Dist:
         if self.acc is None: loss.backward()
         else: self.acc.backward(loss)
 
+    def clip_grad(self, params, max_norm:float):
+        "Clip the gradients' total norm to `max_norm` (unscaled first under fp16 loss scaling)."
+        if self.acc is None: torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else: self.acc.clip_grad_norm_(params, max_norm)
+
     @property
     def step_skipped(self)->bool:
         "True when fp16 loss scaling skipped the last optimizer step (an overflow): the schedule should not advance."

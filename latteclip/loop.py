@@ -33,8 +33,8 @@ def save_checkpoint(out:Path, # the checkpoint folder
     try:
         save_file(sd, str(ck), metadata={"tag": tag})
         fsync_path(ck)
-        torch_save(dict(opt=opt.state_dict(), sched=sched.state_dict(), epoch=epoch, step=step, tag=tag,
-                        g=g.get_state() if g is not None else None, partial=partial or {},
+        torch_save(dict(opt=opt.state_dict(), sched=sched.state_dict() if sched is not None else None, epoch=epoch,
+                        step=step, tag=tag, g=g.get_state() if g is not None else None, partial=partial or {},
                         hist={k: v for k, v in asdict(hist).items()}), st)
     except BaseException:
         for t in (ck, st): t.unlink(missing_ok=True)
@@ -99,9 +99,22 @@ def append_means(hist, names:tuple, # the history and its lists, one per item of
     for name, v in zip(names, a): getattr(hist, name).append(float(v))
     hist.seconds.append(round(seconds, 2))
 
+def _resume(out:Path, opt, sched, hist, restore, load_hist)->tuple:
+    "`(epoch, saved state, history)` of the checkpoint in `out`; the model, optimiser and schedule are restored."
+    weights, state = load_checkpoint(out)
+    if restore is not None: restore(weights)
+    opt.load_state_dict(state["opt"])
+    if sched is not None: sched.load_state_dict(state["sched"])
+    return state["epoch"], state, (load_hist or (lambda d: type(hist)(**d)))(state["hist"])
+
+def _epoch_order(seed:int, epoch:int, n:int, bs:int, steps:int)->tuple:
+    "The epoch's generator and its `(steps, bs)` global batches, the same in every process."
+    g = generator(seed * 1000 + epoch)
+    return g, torch.randperm(n, generator=g)[:steps * bs].view(steps, bs)
+
 def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
         n:int, cfg, # the number of training images; the settings (`epochs`, `batch_size`, `seed`, `lr`)
-        model, opt, sched, # the model (saved in checkpoints), its optimiser and schedule (stepped once a step)
+        model, opt, sched, # the model (saved in checkpoints), its optimiser and schedule (None: the method sets the lr)
         dist, step_fn, dist_opt, # the process group (`Dist`) and what `dist.prepare` returned
         batch:Callable, # batch(idx, g) -> the global batch's inputs, drawn with the generator `g`
         loss:Callable, # loss(inputs, idx, mine, j) -> (loss, aux): micro-batch `j` (this process's rows `mine`)
@@ -113,7 +126,10 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
         restore:Callable=None, # restore(weights) on resume: load the model and pop the method's tensors
         load_hist:Callable=None, # load_hist(saved dict) -> the history on resume (default: `type(hist)(**saved)`)
         out=None, resume:bool=False, # checkpoint folder (None: no checkpoints); continue from its checkpoint
-        after_step:Callable=None, # after each optimizer step (LatteCLIP clamps the logit scale)
+        begin_epoch:Callable=None, # begin_epoch(epoch, batches, done): the method's own per-epoch draws
+        before_step:Callable=None, # before_step(epoch, step): per-step settings (DINO's lr, weight decay, momentum)
+        clip_grad:float=None, # clip the gradients' norm to this before each optimizer step
+        after_step:Callable=None, # after each optimizer step (LatteCLIP clamps the logit scale, DINO's teacher)
         on_step:Callable=None, # on_step(epoch, step, loss) after each step (the benchmark's clock)
         stop_after:int=None, # stop after this epoch (a checkpoint to resume from stays in `out`)
         train_mode:bool=True, # `model.train()` at the start of every epoch (False: the method sets the mode)
@@ -125,43 +141,42 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
     start, state = 0, {}
     if out is not None: out = out_dir(out)
     if resume and out is not None and (out / "state.pt").exists():
-        weights, state = load_checkpoint(out)
-        if restore is not None: restore(weights)
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["epoch"]
-        hist = (load_hist or (lambda d: type(hist)(**d)))(state["hist"])
+        start, state, hist = _resume(out, opt, sched, hist, restore, load_hist)
     last_good = start if out is not None and (out / "state.pt").exists() else None
     def save(*at):
         if dist.is_main: save_checkpoint(out, model, extra(), opt, sched, hist, *at)
+    def one_step(epoch, idx, g, parts):                                # the global batch, the same in every process
+        if before_step is not None: before_step(epoch, len(parts))
+        inputs = batch(idx, g)
+        dist_opt.zero_grad(set_to_none=True)
+        micro = []
+        for j, mine in enumerate(dist.micro(idx)):                         # this process's part of each micro-batch
+            with dist.sync(step_fn, j == dist.grad_accum - 1):
+                l, aux = loss(inputs, idx, mine, j)
+                l = l.float()
+                if not torch.isfinite(l):
+                    raise _not_finite(name, l.item(), epoch, len(parts) + 1, cfg.lr, out, last_good)
+                dist.backward(l)
+            micro.append(record(l, aux, idx, mine, j))
+        if clip_grad is not None: dist.clip_grad(model.parameters(), clip_grad)
+        dist_opt.step()
+        if sched is not None and not dist.step_skipped: sched.step()
+        if after_step is not None: after_step()
+        parts.append(summarise(micro))
     with StopRequest() as stop:
         for epoch in range(start, cfg.epochs):
             if train_mode: model.train()
             t0, parts, done = time.time(), [], 0
-            g = generator(cfg.seed * 1000 + epoch)
-            perm = torch.randperm(n, generator=g)[:steps * bs].view(steps, bs)
-            if epoch == start and state.get("step"):                               # resume inside an interrupted epoch
+            g, perm = _epoch_order(cfg.seed, epoch, n, bs, steps)
+            if epoch == start and state.get("step"):                       # resume inside an interrupted epoch
                 done = state["step"]
                 g.set_state(state["g"])
                 parts = [tuple(q) for q in state["partial"]["parts"]]
                 t0 -= state["partial"]["seconds"]
+            if begin_epoch is not None: begin_epoch(epoch, perm, done)
             bar = progress(perm[done:], desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
-            for idx in bar:                                                # the global batch, the same in every process
-                inputs = batch(idx, g)
-                dist_opt.zero_grad(set_to_none=True)
-                micro = []
-                for j, mine in enumerate(dist.micro(idx)):                     # this process's part of each micro-batch
-                    with dist.sync(step_fn, j == dist.grad_accum - 1):
-                        l, aux = loss(inputs, idx, mine, j)
-                        l = l.float()
-                        if not torch.isfinite(l):
-                            raise _not_finite(name, l.item(), epoch, len(parts) + 1, cfg.lr, out, last_good)
-                        dist.backward(l)
-                    micro.append(record(l, aux, idx, mine, j))
-                dist_opt.step()
-                if not dist.step_skipped: sched.step()
-                if after_step is not None: after_step()
-                parts.append(summarise(micro))
+            for idx in bar:
+                one_step(epoch, idx, g, parts)
                 bar.set_postfix(loss=f"{np.mean([p[0] for p in parts[-10:]]):.3f}")
                 if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
                 dist.stop(stop)                                       # SIGINT/SIGTERM in any process: all save and stop

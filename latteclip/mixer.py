@@ -4,11 +4,10 @@
 
 # %% ../nbs/14_mixer.ipynb 2
 from __future__ import annotations
-import torch, torch.nn as nn, torch.nn.functional as F
-from .core import LatteError
+import torch, torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['KINDS', 'text_weights', 'mix', 'targets', 'attention_rollout']
+__all__ = ['KINDS', 'text_weights', 'mix', 'targets']
 
 # %% ../nbs/14_mixer.ipynb 4
 KINDS = ("class", "image", "group")
@@ -30,37 +29,3 @@ def targets(P:torch.Tensor, labels:torch.Tensor, mixed:torch.Tensor, alpha:float
     "The training target of each image: `normalise(P[y] + alpha (mixed - P[y]))`, `(B, D)`."
     p = P[labels]
     return F.normalize(p + alpha * (mixed - p), dim=-1)
-
-# %% ../nbs/14_mixer.ipynb 12
-@torch.no_grad()
-def attention_rollout(clip, # a `Clip` whose vision tower is an open_clip ViT
-                      x:torch.Tensor, # (B, 3, H, W) preprocessed images
-                      residual:float=0.5, # weight of the identity mixed into each layer's attention
-                     )->torch.Tensor:
-    "How much the class token draws on each patch after all layers: `(B, grid_h, grid_w)`, each map summing to <= 1."
-    visual = clip.model.visual
-    blocks = [m for m in getattr(visual, "transformer", nn.Module()).modules() if isinstance(m, nn.MultiheadAttention)]
-    if not blocks or not hasattr(visual, "grid_size"):
-        raise LatteError("Attention rollout needs an open_clip vision transformer; this model's vision tower has no "
-                         "attention blocks.")
-    maps = []
-    def ask(m, args, kw): return args, {**kw, "need_weights": True, "average_attn_weights": True}
-    def keep(m, args, kw, out): maps.append(out[1].float())
-    hooks = [h for b in blocks for h in (b.register_forward_pre_hook(ask, with_kwargs=True),
-                                         b.register_forward_hook(keep, with_kwargs=True))]
-    was = visual.training
-    visual.eval()
-    try: clip.model.encode_image(x.to(next(visual.parameters()).device))
-    finally:
-        for h in hooks: h.remove()
-        visual.train(was)
-    gh, gw = visual.grid_size
-    L = maps[0].shape[-1]
-    prefix = L - gh * gw
-    R = torch.eye(L).expand(len(x), L, L)
-    for A in maps:
-        A = residual * torch.eye(L) + (1 - residual) * A.cpu()
-        R = (A / A.sum(-1, keepdim=True)) @ R
-    # class token, or the mean for avg-pool
-    row = R[:, 0] if prefix else R.mean(1)
-    return row[:, prefix:].reshape(len(x), gh, gw)

@@ -286,7 +286,8 @@ def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=Fals
 # %% ../nbs/22_nola.ipynb 20
 from pathlib import Path
 from .methods import Method, RunContext, register
-from .report import write_report, TextGen
+from .report import write_report
+from .texts import TextGen
 from .texts import TextCache
 from .zeroshot import write_run
 from .core import run_files

@@ -10,16 +10,16 @@ from pathlib import Path
 from .core import LatteError, check_settings, out_dir, write_json, run_files
 from .data import open_data
 from .models import templates_for, TEMPLATE
-from .pseudolabels import pseudo_labels, cache_dir
-from .texts import synthetic_texts, AttributeDescriber, JsonlDescriber, TextCache, Texts
+from .pseudolabels import pseudo_labels
+from .texts import synthetic_texts, AttributeDescriber, JsonlDescriber, TextCache, Texts, TextGen
 from .train import TrainConfig, finetune, predict
 from .distributed import rank
 from .zeroshot import write_run, scores, zeroshot, rows_to_markdown, finish_figure
 from .methods import Method, RunContext, register, run_method, get, group, load, settings_of, RUN_ARGS
 
 # %% auto 0
-__all__ = ['VARIANTS', 'make_describer', 'TextGen', 'LatteCLIPSettings', 'ZeroShotSettings', 'save_run', 'write_report',
-           'table_cols', 'method_list', 'split_settings', 'compare', 'plot_table']
+__all__ = ['VARIANTS', 'make_describer', 'LatteCLIPSettings', 'ZeroShotSettings', 'save_run', 'write_report', 'table_cols',
+           'method_list', 'split_settings', 'compare', 'plot_table']
 
 # %% ../nbs/16_report.ipynb 5
 def make_describer(spec:str,
@@ -35,32 +35,6 @@ def make_describer(spec:str,
         from latteclip.vlm import TransformersDescriber
         return TransformersDescriber(arg, **{k: v for k, v in gen.items() if v is not None})
     raise LatteError(f"Unknown describer '{spec}': use attributes, transformers:<model id> or jsonl:<path>.")
-
-@dataclass
-class TextGen:
-    "Settings of generated texts: where they are cached and how a Hugging Face model generates them."
-    text_cache: str = None      # JSONL cache of generated texts (default: ~/.cache/latteclip/texts/texts.jsonl)
-    gen_dtype: str = None  # the generating model's weights: auto (the checkpoint's on GPU), float32, float16, bfloat16
-    gen_device_map: str = None  # e.g. auto: spread a large generating model over the GPUs (accelerate)
-    gen_4bit: bool = False      # NF4 4-bit weights with bitsandbytes (CUDA only), as the LatteCLIP paper
-    gen_batch_size: int = None  # requests per generate call (default 4 for a VLM, 8 for an LLM)
-
-    def gen_checks(self)->list:
-        "The `check_settings` pairs of these settings."
-        return [(self.gen_dtype in (None, "auto", "float32", "float16", "bfloat16"),
-                 "--gen-dtype must be auto, float32, float16 or bfloat16"),
-                (self.gen_batch_size is None or self.gen_batch_size >= 1,
-                 "--gen-batch-size: the generation batch size must be at least 1")]
-
-    def gen(self)->dict:
-        "The generation options `TransformersDescriber` and NoLA's LLM take."
-        o = dict(dtype=self.gen_dtype, device_map=self.gen_device_map, load_in_4bit=self.gen_4bit or None,
-                 batch_size=self.gen_batch_size)
-        return {k: v for k, v in o.items() if v is not None}
-
-    def text_cache_path(self)->Path:
-        "The cache file: `text_cache`, or the shared one under the cache folder."
-        return Path(self.text_cache) if self.text_cache else cache_dir("texts") / "texts.jsonl"
 
 @dataclass
 class LatteCLIPSettings(TrainConfig, TextGen):

@@ -12,11 +12,12 @@ from PIL import Image
 from .core import LatteError, progress, stable_hash
 from .attributes import measure, words, caption, ADJECTIVES
 from .models import TEMPLATE
+from .pseudolabels import cache_dir
 
 # %% auto 0
 __all__ = ['IMAGE_PROMPT', 'GROUP_PROMPT', 'COLLAGE', 'GAP', 'Request', 'collage', 'tiles', 'describe_attributes',
            'describe_shared', 'AttributeDescriber', 'read_jsonl', 'JsonlDescriber', 'TextCache', 'Texts',
-           'describe_all', 'synthetic_texts']
+           'describe_all', 'synthetic_texts', 'TextGen']
 
 # %% ../nbs/11_texts.ipynb 6
 IMAGE_PROMPT = ("Describe the {name} in this {domain}photo in one short sentence: its colour, its size, the background "
@@ -328,3 +329,30 @@ def synthetic_texts(ds, # the unlabeled `ImageSet` (shifted images as the model 
         for k in range(K):
             if groups[k]: group_texts[k] = [t for t, o in zip(texts, owners) if o == k]
     return Texts(list(ds.classes), class_texts, image_texts, group_texts, groups, calls)
+
+# %% ../nbs/11_texts.ipynb 26
+@dataclass
+class TextGen:
+    "Settings of generated texts: where they are cached and how a Hugging Face model generates them."
+    text_cache: str = None      # JSONL cache of generated texts (default: ~/.cache/latteclip/texts/texts.jsonl)
+    gen_dtype: str = None  # the generating model's weights: auto (the checkpoint's on GPU), float32, float16, bfloat16
+    gen_device_map: str = None  # e.g. auto: spread a large generating model over the GPUs (accelerate)
+    gen_4bit: bool = False      # NF4 4-bit weights with bitsandbytes (CUDA only), as the LatteCLIP paper
+    gen_batch_size: int = None  # requests per generate call (default 4 for a VLM, 8 for an LLM)
+
+    def gen_checks(self)->list:
+        "The `check_settings` pairs of these settings."
+        return [(self.gen_dtype in (None, "auto", "float32", "float16", "bfloat16"),
+                 "--gen-dtype must be auto, float32, float16 or bfloat16"),
+                (self.gen_batch_size is None or self.gen_batch_size >= 1,
+                 "--gen-batch-size: the generation batch size must be at least 1")]
+
+    def gen(self)->dict:
+        "The generation options `TransformersDescriber` and NoLA's LLM take."
+        o = dict(dtype=self.gen_dtype, device_map=self.gen_device_map, load_in_4bit=self.gen_4bit or None,
+                 batch_size=self.gen_batch_size)
+        return {k: v for k, v in o.items() if v is not None}
+
+    def text_cache_path(self)->Path:
+        "The cache file: `text_cache`, or the shared one under the cache folder."
+        return Path(self.text_cache) if self.text_cache else cache_dir("texts") / "texts.jsonl"

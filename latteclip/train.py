@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-import torch, torch.nn.functional as F
+import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, check_settings, seed_everything
 from .models import encode_images, encode_texts, encode_tokens
 from .pixels import load_pixels, augment, normalizer, param_groups
@@ -19,7 +19,7 @@ from .loop import fit, LossStep
 
 # %% auto 0
 __all__ = ['TrainConfig', 'History', 'TextBank', 'encode_pixels', 'clip_loss', 'group_picks', 'latteclip_loss', 'flyp_loss',
-           'finetune', 'predict']
+           'finetune', 'predict', 'attention_rollout']
 
 # %% ../nbs/15_train.ipynb 5
 @dataclass
@@ -233,3 +233,37 @@ def predict(clip, ds, texts, P:Prototypes=None, feats:torch.Tensor=None)->dict:
     out = {"text": clip.logit_scale * f @ W.T}
     if P is not None: out["prototypes"] = clip.logit_scale * f @ P.P.cpu().T
     return out
+
+# %% ../nbs/15_train.ipynb 24
+@torch.no_grad()
+def attention_rollout(clip, # a `Clip` whose vision tower is an open_clip ViT
+                      x:torch.Tensor, # (B, 3, H, W) preprocessed images
+                      residual:float=0.5, # weight of the identity mixed into each layer's attention
+                     )->torch.Tensor:
+    "How much the class token draws on each patch after all layers: `(B, grid_h, grid_w)`, each map summing to <= 1."
+    visual = clip.model.visual
+    blocks = [m for m in getattr(visual, "transformer", nn.Module()).modules() if isinstance(m, nn.MultiheadAttention)]
+    if not blocks or not hasattr(visual, "grid_size"):
+        raise LatteError("Attention rollout needs an open_clip vision transformer; this model's vision tower has no "
+                         "attention blocks.")
+    maps = []
+    def ask(m, args, kw): return args, {**kw, "need_weights": True, "average_attn_weights": True}
+    def keep(m, args, kw, out): maps.append(out[1].float())
+    hooks = [h for b in blocks for h in (b.register_forward_pre_hook(ask, with_kwargs=True),
+                                         b.register_forward_hook(keep, with_kwargs=True))]
+    was = visual.training
+    visual.eval()
+    try: clip.model.encode_image(x.to(next(visual.parameters()).device))
+    finally:
+        for h in hooks: h.remove()
+        visual.train(was)
+    gh, gw = visual.grid_size
+    L = maps[0].shape[-1]
+    prefix = L - gh * gw
+    R = torch.eye(L).expand(len(x), L, L)
+    for A in maps:
+        A = residual * torch.eye(L) + (1 - residual) * A.cpu()
+        R = (A / A.sum(-1, keepdim=True)) @ R
+    # class token, or the mean for avg-pool
+    row = R[:, 0] if prefix else R.mean(1)
+    return row[:, prefix:].reshape(len(x), gh, gw)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest, torch
 from safetensors.torch import load_file
 from latteclip.core import LatteError
-from latteclip.dino import (dino_loss, multicrop, knn_top1, pretrain_dino, load_ssl, tiny_vit, DINO_TINY, DINO_CFG, cosine)
+from latteclip.dino import dino_loss, multicrop, knn_top1, load_ssl, tiny_vit, DINO_TINY, DINO_CFG, cosine
+from latteclip.pretrain_dino import pretrain_dino
 from conftest import write_images, hf_offline
 
 

@@ -121,3 +121,35 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(embedded, tmp_path):
     sd = load_file(tmp_path / "ck" / "checkpoint.safetensors")
     assert all(torch.isfinite(v).all() for v in sd.values())
     assert torch.load(tmp_path / "ck" / "state.pt", weights_only=True)["epoch"] == 1
+
+
+PRE = {"pretrain": ["--val-per-class", "4"], "pretrain-dino": ["--target", "none"]}
+
+
+def pre_cmd(tree, out, sub, *extra):
+    return [sys.executable, "-m", "latteclip", sub, "--data", str(tree), "--epochs", "3", "--batch-size", "8",
+            "--precision", "fp32", "--out", str(out), *PRE[sub], *extra]
+
+
+@pytest.mark.parametrize("sub,name", [("pretrain", "latteclip-tiny"), ("pretrain-dino", "latteclip-dino-tiny")])
+def test_pretraining_resumes_exactly_inside_an_epoch(tree, tmp_path, sub, name):
+    """SIGTERM inside epoch 2 of either pre-training: a checkpoint at the step reached; --resume replays the epoch's
+    draws (for CLIP also its captions' own generator) and ends on the weights and losses of the uninterrupted run."""
+    r = subprocess.run(pre_cmd(tree, tmp_path / "ref", sub), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for attempt in range(3):                                                    # until a signal lands inside an epoch
+        out = tmp_path / f"run{attempt}"
+        p = subprocess.Popen(pre_cmd(tree, out, sub), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(out / "state.pt", p)                                           # epoch 1 is saved: now in epoch 2
+        time.sleep(0.2 + 0.2 * attempt); p.send_signal(signal.SIGTERM); _, err = p.communicate(timeout=120)
+        assert p.returncode == 130 and "add --resume to go on" in err and "Traceback" not in err, err[-2000:]
+        state = torch.load(out / "state.pt", weights_only=True)
+        if state["step"] > 0: break
+    assert state["epoch"] < 3 and state["step"] > 0, state["step"]
+    r = subprocess.run(pre_cmd(tree, out, sub, "--resume"), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = load_file(tmp_path / "ref" / f"{name}.safetensors"), load_file(out / f"{name}.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    log = "pretrain.json" if sub == "pretrain" else "dino.json"
+    la, lb = (json.loads((o / log).read_text()) for o in (tmp_path / "ref", out))
+    assert [e["loss"] for e in la["epochs"]] == [e["loss"] for e in lb["epochs"]]

@@ -129,7 +129,7 @@ def test_labels_never_read_flat_equals_tree(embedded, tmp_path):
 
 def test_attention_rollout_by_hand(embedded):
     "Rollout from the hooks equals rollout from attention recomputed by hand from each block's weights."
-    from latteclip.mixer import attention_rollout
+    from latteclip.train import attention_rollout
     from latteclip.core import LatteError
     clip = load_clip(device="cpu"); v = clip.model.visual
     x = torch.stack([clip.preprocess(embedded.image(i)) for i in range(3)])
