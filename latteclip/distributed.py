@@ -51,11 +51,12 @@ class Dist:
     def __init__(self, device, # the device this process trains on
                  precision:str="auto", # auto, bf16, fp16, fp32 (see `resolve_precision`)
                  grad_accum:int=1, # micro-batches per optimizer step
+                 local:bool=False, # this process's own training, even among several (NoLA's labelling head)
                 ):
         if grad_accum < 1: raise LatteError("--grad-accum must be at least 1.")
         self.device, self.grad_accum = torch.device(device), grad_accum
         self.precision = resolve_precision(precision, self.device)
-        self.world, self.rank, self.acc = world_size(), rank(), None
+        self.world, self.rank, self.acc = (1, 0, None) if local else (world_size(), rank(), None)
         if self.world > 1 or grad_accum > 1 or self.precision == "fp16":
             from accelerate import Accelerator
             from accelerate.utils import DistributedDataParallelKwargs

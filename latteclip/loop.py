@@ -126,6 +126,7 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
         restore:Callable=None, # restore(weights) on resume: load the model and pop the method's tensors
         load_hist:Callable=None, # load_hist(saved dict) -> the history on resume (default: `type(hist)(**saved)`)
         out=None, resume:bool=False, # checkpoint folder (None: no checkpoints); continue from its checkpoint
+        order:Callable=None, # order(epoch) -> (generator, batches): the method's own order (not checkpointed)
         begin_epoch:Callable=None, # begin_epoch(epoch, batches, done): the method's own per-epoch draws
         before_step:Callable=None, # before_step(epoch, step): per-step settings (DINO's lr, weight decay, momentum)
         clip_grad:float=None, # clip the gradients' norm to this before each optimizer step
@@ -138,6 +139,7 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
     bs = min(cfg.batch_size, n)
     steps = max(1, n // bs)
     dist.check_batch(bs)
+    if order is not None and out is not None: raise ValueError("A method's own order cannot be checkpointed.")
     start, state = 0, {}
     if out is not None: out = out_dir(out)
     if resume and out is not None and (out / "state.pt").exists():
@@ -167,21 +169,21 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
         for epoch in range(start, cfg.epochs):
             if train_mode: model.train()
             t0, parts, done = time.time(), [], 0
-            g, perm = _epoch_order(cfg.seed, epoch, n, bs, steps)
+            g, perm = order(epoch) if order is not None else _epoch_order(cfg.seed, epoch, n, bs, steps)
             if epoch == start and state.get("step"):                       # resume inside an interrupted epoch
                 done = state["step"]
                 g.set_state(state["g"])
                 parts = [tuple(q) for q in state["partial"]["parts"]]
                 t0 -= state["partial"]["seconds"]
             if begin_epoch is not None: begin_epoch(epoch, perm, done)
-            bar = progress(perm[done:], desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", initial=done, total=steps)
+            bar = progress(perm[done:], desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", initial=done, total=len(perm))
             for idx in bar:
                 one_step(epoch, idx, g, parts)
                 bar.set_postfix(loss=f"{np.mean([p[0] for p in parts[-10:]]):.3f}")
                 if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
                 dist.stop(stop)                                       # SIGINT/SIGTERM in any process: all save and stop
                 partial = lambda: dict(parts=parts, seconds=time.time() - t0)
-                check_stop(stop, out, epoch, len(parts), steps,
+                check_stop(stop, out, epoch, len(parts), len(perm),
                            lambda: (save(epoch, len(parts), g, partial()), dist.wait()))
             end_epoch(hist, epoch, parts, time.time() - t0)
             if out is not None:

@@ -4,15 +4,16 @@
 
 # %% ../nbs/02_models.ipynb 2
 from __future__ import annotations
-import os, json, pickle, warnings
+import math, os, json, pickle, warnings
 from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
 from .core import LatteError, progress, default_device, asset, ASSETS
 
 # %% auto 0
-__all__ = ['TINY', 'TINY_CFG', 'TINY_WEIGHTS', 'TEMPLATE', 'ENSEMBLE', 'register_tiny', 'Clip', 'load_clip', 'loader',
-           'encode_images', 'encode_tokens', 'encode_texts', 'templates_for', 'zeroshot_classifier', 'zeroshot_logits']
+__all__ = ['TINY', 'TINY_CFG', 'TINY_WEIGHTS', 'TEMPLATE', 'ENSEMBLE', 'register_tiny', 'Clip', 'load_clip', 'clamp_logit_scale',
+           'loader', 'encode_images', 'encode_tokens', 'encode_texts', 'templates_for', 'zeroshot_classifier',
+           'zeroshot_logits']
 
 # %% ../nbs/02_models.ipynb 5
 TINY = "latteclip-tiny"
@@ -112,6 +113,10 @@ def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32",
                          "checkpoint file with --pretrained PATH.") from None
     m.eval()
     return Clip(m, preprocess, open_clip.get_tokenizer(model), model, pretrained, device)
+
+def clamp_logit_scale(model):
+    "CLIP's rule after each optimizer step: the logit scale stays in `[0, log 100]` (a temperature of at most 100)."
+    with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
 
 # %% ../nbs/02_models.ipynb 11
 def loader(ds, batch_size:int=256, shuffle:bool=False, num_workers:int=None, seed:int=0, drop_last:bool=False):

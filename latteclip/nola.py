@@ -6,18 +6,19 @@
 from __future__ import annotations
 import math, time
 from dataclasses import dataclass, asdict, field
+from types import SimpleNamespace
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from .core import LatteError, check_settings, generator, progress
+from .core import LatteError, check_settings, generator
 from .pixels import load_pixels, augment, normalizer
 from .train import encode_pixels
 from .loop import fit, LossStep, append_means
 from .distributed import Dist, start_run
 
 # %% auto 0
-__all__ = ['NoLAConfig', 'NoLAHistory', 'confident_topk', 'AlignmentHead', 'fit_head', 'head_probs', 'VisualPrompts',
-           'strong_views', 'fixmatch_loss', 'nola_logits', 'class_embeddings', 'fit_nola', 'run_nola', 'NoLASettings',
-           'prompt_attention']
+__all__ = ['NoLAConfig', 'NoLAHistory', 'confident_topk', 'AlignmentHead', 'HeadHistory', 'fit_head', 'head_probs',
+           'VisualPrompts', 'strong_views', 'fixmatch_loss', 'nola_logits', 'class_embeddings', 'fit_nola', 'run_nola',
+           'NoLASettings', 'prompt_attention']
 
 # %% ../nbs/22_nola.ipynb 6
 @dataclass
@@ -88,30 +89,40 @@ class AlignmentHead(nn.Module):
     def forward(self, f): return self.scale * F.normalize(self.A(f.float()), dim=-1) @ self.T.T
 
 # %% ../nbs/22_nola.ipynb 10
+@dataclass
+class HeadHistory:
+    "The labelling head's training: the mean cross-entropy of each epoch, and its seconds."
+    loss: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+
 def fit_head(ssl, # an `SSLModel` (frozen)
              pixels:torch.Tensor, # uint8 (N, H, W, 3) at the SSL model's input side
              idx:torch.Tensor, y:torch.Tensor, # the confident set: image indices and their pseudo-labels
              T:torch.Tensor, scale:float, cfg:NoLAConfig)->tuple:
-    "Train the alignment map on the confident set; returns `(AlignmentHead, loss per epoch)`."
+    ("Train the alignment map on the confident set (every image once an epoch, in batches of 256, the last one "
+     "smaller); returns `(AlignmentHead, loss per epoch)`.")
     dev = ssl.device
     head = AlignmentHead(T, ssl.encode(pixels[:1]).shape[1], scale).to(dev)
     head.init_lstsq(ssl.encode(pixels[idx]), y.cpu())
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=1e-4)
-    g, losses, bs = generator(cfg.seed + 17), [], 256
-    for _ in progress(range(cfg.head_epochs), desc="alignment head"):
-        perm, tot = idx[torch.randperm(len(idx), generator=g)], 0.
-        for s in range(0, len(perm), bs):
-            b = perm[s:s + bs]
-            x = augment(pixels[b], g, pad=max(1, pixels.shape[1] // 8)).to(dev)
-            with torch.no_grad(): f = ssl.features(x)
-            lab = _lookup(idx, y, b).to(dev)
-            loss = F.cross_entropy(head(f), lab)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += loss.item() * len(b)
-        losses.append(tot / len(idx))
-    return head.eval(), losses
+    g, bs = generator(cfg.seed + 17), 256                        # one generator for the whole run
+    def batch(b, g):                                             # `b`: image indices of the confident set
+        x = augment(pixels[b], g, pad=max(1, pixels.shape[1] // 8)).to(dev)
+        with torch.no_grad(): f = ssl.features(x)
+        return f, _lookup(idx, y, b).to(dev)
+    def end_epoch(h, epoch, parts, seconds):
+        tot = 0.
+        for p in parts: tot += p[0]                              # the per-image mean, in the order of the batches
+        h.loss.append(tot / len(idx))
+        h.seconds.append(round(seconds, 2))
+    hist = fit("nola head", len(idx), SimpleNamespace(epochs=cfg.head_epochs, batch_size=bs, seed=cfg.seed,
+                                                      lr=cfg.head_lr),
+               head, opt, None, Dist(dev, "fp32", local=True), head, opt, batch,
+               loss=lambda inputs, b, mine, j: (F.cross_entropy(head(inputs[0][mine]), inputs[1][mine]), None),
+               record=lambda l, aux, b, mine, j: l.item() * len(b), summarise=lambda micro: (sum(micro),),
+               end_epoch=end_epoch, hist=HeadHistory(),
+               order=lambda epoch: (g, list(idx[torch.randperm(len(idx), generator=g)].split(bs))))
+    return head.eval(), hist.loss
 
 def _lookup(idx, y, b):
     "The pseudo-labels of images `b` (a subset of `idx`)."
@@ -194,6 +205,15 @@ def class_embeddings(clip, classes:list, spec:str="shipped", cache=None,
     d = load_descriptors(spec, classes, cache=cache, **{k: v for k, v in gen.items() if v is not None})
     return descriptor_classifier(clip, d, classes).float(), d
 
+def _labelling(clip, ssl, T, pixels, spx, norm, cfg)->tuple:
+    ("NoLA's steps 1 and 2: the description classifier's logits, its confident set, and the labelling head trained "
+     "on it with its probabilities.")
+    before = nola_logits(clip, None, T, pixels, norm)                              # step 1: the description classifier
+    k = cfg.top_k or max(1, len(pixels) // (5 * len(T)))
+    idx, y = confident_topk(before.softmax(-1), k)                                  # step 2
+    head, head_loss = fit_head(ssl, spx, idx, y, T.to(clip.device), clip.logit_scale, cfg)
+    return before, k, idx, y, head, head_loss, head_probs(ssl, head, spx)
+
 def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabeled `ImageSet`
              cfg:NoLAConfig=None, ssl=None, # an `SSLModel`; None: `load_ssl(cfg.ssl)`
              out=None, resume:bool=False, on_step=None, cache=None,
@@ -209,14 +229,9 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
     T, desc = class_embeddings(clip, ds.classes, cfg.descriptors, cache, **(gen or {}))
     pixels = torch.from_numpy(load_pixels(ds, clip.image_size))
     norm = normalizer(clip)
-    N, C = len(ds), len(ds.classes)
+    N, s = len(ds), clip.logit_scale
     spx = pixels if ssl.size == clip.image_size else torch.from_numpy(load_pixels(ds, ssl.size))
-    s = clip.logit_scale
-    before = nola_logits(clip, None, T, pixels, norm)                              # step 1: the description classifier
-    k = cfg.top_k or max(1, N // (5 * C))
-    idx, y = confident_topk(before.softmax(-1), k)                                  # step 2
-    head, head_loss = fit_head(ssl, spx, idx, y, T.to(dev), s, cfg)
-    hp = head_probs(ssl, head, spx)
+    before, k, idx, y, head, head_loss, hp = _labelling(clip, ssl, T, pixels, spx, norm, cfg)
     for p in model.parameters(): p.requires_grad_(False)
     bs = min(cfg.batch_size, N)
     total = cfg.epochs * max(1, N // bs)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/23_pretrain.ipynb 2
 from __future__ import annotations
-import json, math, os
+import json, os
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from .core import LatteError, seed_everything, default_device, out_dir, write_json, peak_rss_mb
 from .data import open_data
 from .attributes import measure, words, caption
-from .models import TINY, TINY_CFG, load_clip, zeroshot_classifier, TEMPLATE
+from .models import TINY, TINY_CFG, load_clip, zeroshot_classifier, TEMPLATE, clamp_logit_scale
 from .pixels import load_pixels, augment, normalizer, param_groups
 from .loop import fit, LossStep
 from .distributed import Dist
@@ -150,12 +150,10 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
                              lr=sched.get_last_lr()[0]))
         print(f"epoch {epoch + 1}/{epochs}: loss {loss:.3f}, held-out zero-shot {val:.1f}%, {seconds:.0f}s", flush=True)
         write_json(asdict(h), out / "pretrain.json")
-    def clamp_scale():
-        with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
     cfg = SimpleNamespace(epochs=epochs, batch_size=batch_size, seed=seed, lr=lr)
     hist = fit("pretrain", len(tr_idx), cfg, model, opt, sched, dist, step_fn, dist_opt, batch,
                loss=lambda inputs, idx, mine, j: (step_fn(inputs[0][mine], inputs[1][mine]), None),
                record=lambda l, aux, idx, mine, j: l.item(), summarise=lambda micro: (float(np.mean(micro)),),
                end_epoch=end_epoch, hist=hist, restore=model.load_state_dict, out=out, resume=resume,
-               begin_epoch=begin_epoch, after_step=clamp_scale, stop_after=stop_after)
+               begin_epoch=begin_epoch, after_step=lambda: clamp_logit_scale(model), stop_after=stop_after)
     return finish_pretraining(hist, out, "pretrain.json", model.state_dict(), TINY, epochs=epochs, seed=seed)

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from .core import LatteError, check_settings, seed_everything
-from .models import encode_images, encode_texts, encode_tokens
+from .core import LatteError, check_settings
+from .models import encode_images, encode_texts, encode_tokens, clamp_logit_scale
 from .pixels import load_pixels, augment, normalizer, param_groups
 from .prototypes import Prototypes
 from .mixer import text_weights, mix, targets, KINDS
-from .distributed import Dist
+from .distributed import Dist, start_run
 from .loop import fit, LossStep
 
 # %% auto 0
@@ -147,6 +147,17 @@ def _prototypes(model, bank, cfg, dev):
         model.eval()
         return Prototypes(bank.encode(model, bank.cls, dev).float(), momentum=1 - cfg.alpha).to(dev)
 
+def _forward(model, bank, P, cfg, dist):
+    "The whole training step of LatteCLIP or FLYP as one function, so that DDP synchronises it."
+    gather = dist.gather_grad if dist.world > 1 else None
+    def forward(x, idx, y, pick):
+        with dist.autocast():
+            f = model.encode_image(x, normalize=True)                              # (b, D)
+            if cfg.method == "flyp": return flyp_loss(model, f, y, bank, gather), None, None, None
+            loss, parts, mixed, labs, y_ft = latteclip_loss(model, f, idx, y, P, bank, cfg, pick, gather)
+            return loss, mixed, labs, y_ft
+    return forward
+
 def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              y_zs:torch.Tensor, # (N,) zero-shot pseudo-labels (stage 1)
              texts, # `Texts` (stage 2)
@@ -158,10 +169,8 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
             )->tuple:
     "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`. SIGINT/SIGTERM stop it with a checkpoint."
     cfg = cfg or TrainConfig()
-    seed_everything(cfg.seed)
     if cfg.method not in ("latteclip", "flyp"): raise LatteError(f"Unknown training method {cfg.method}.")
-    model, dev = clip.model, clip.device
-    dist = dist or Dist(dev, cfg.precision, cfg.grad_accum)
+    model, dev, dist = start_run(clip, cfg, dist)
     y_zs = torch.as_tensor(y_zs, dtype=torch.long)
     bank = TextBank(texts, clip.tokenizer)
     pixels = torch.from_numpy(load_pixels(ds, clip.image_size))                    # (N, H, W, 3) uint8
@@ -172,14 +181,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
     P = _prototypes(model, bank, cfg, dev)
     hist = History()
     if P is not None: hist.prototypes.append(P.P.cpu().clone())
-    gather = dist.gather_grad if dist.world > 1 else None
-    def forward(x, idx, y, pick):                                                  # the whole step: DDP synchronises it
-        with dist.autocast():
-            f = model.encode_image(x, normalize=True)                              # (b, D)
-            if cfg.method == "flyp": return flyp_loss(model, f, y, bank, gather), None, None, None
-            loss, parts, mixed, labs, y_ft = latteclip_loss(model, f, idx, y, P, bank, cfg, pick, gather)
-            return loss, mixed, labs, y_ft
-    step_fn, dist_opt = dist.prepare(LossStep(forward, model=model), opt)
+    step_fn, dist_opt = dist.prepare(LossStep(_forward(model, bank, P, cfg, dist), model=model), opt)
 
     def batch(idx, g):                                                         # augmented and drawn for the whole batch
         x = pixels[idx]
@@ -198,10 +200,8 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
         mixed, labs, y_ft = aux                                                  # every process: the same global update
         P.update(dist.gather(mixed.float()), dist.gather(labs))
         return l.item(), dist.mean((y_ft.cpu() == y_zs[idx[mine]]).float().mean().item())
-    def summarise(micro):
-        step_loss = 0.
-        for l, _ in micro: step_loss += l / dist.grad_accum
-        return step_loss, [a for _, a in micro if a is not None]
+    def summarise(micro):                                       # the step's loss, and its micro-batches' agreement
+        return sum(l / dist.grad_accum for l, _ in micro), [a for _, a in micro if a is not None]
     def end_epoch(h, epoch, parts, seconds):
         agree = [a for _, step_agree in parts for a in step_agree]           # fraction of y_ft == y_zs, per micro-batch
         h.loss.append(float(np.mean([p[0] for p in parts])))
@@ -214,12 +214,11 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
     def restore(weights):
         if P is not None: P.P.copy_(weights.pop("__prototypes__"))
         model.load_state_dict(weights)
-    def clamp_scale():
-        with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
 
     hist = fit(cfg.method, N, cfg, model, opt, sched, dist, step_fn, dist_opt, batch, loss, record, summarise,
                end_epoch, hist, extra=lambda: {"__prototypes__": P.P} if P is not None else {}, restore=restore,
-               out=out, resume=resume, after_step=clamp_scale, on_step=on_step, stop_after=stop_after)
+               out=out, resume=resume, after_step=lambda: clamp_logit_scale(model), on_step=on_step,
+               stop_after=stop_after)
     model.eval()
     clip.clear_text_cache()
     return P, hist
