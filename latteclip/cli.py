@@ -27,7 +27,8 @@ def _data_args(p):
 def _model_args(p):
     g = p.add_argument_group("model")
     g.add_argument("--model", default="latteclip-tiny",
-                   help="open_clip architecture, e.g. ViT-B-32; default: the shipped latteclip-tiny")
+                   help="open_clip architecture (e.g. ViT-B-32), local-dir:DIR or hf-hub:org/repo; default: "
+                   "the shipped latteclip-tiny")
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k) or a local "
                    "checkpoint file; default: shipped weights for latteclip-tiny")
     g.add_argument("--device", default=None, help="cpu, cuda, ...; default: CUDA if present")

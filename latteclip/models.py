@@ -11,9 +11,9 @@ import torch, torch.nn.functional as F
 from .core import LatteError, progress, default_device, asset, ASSETS
 
 # %% auto 0
-__all__ = ['TINY', 'TINY_CFG', 'TINY_WEIGHTS', 'TEMPLATE', 'ENSEMBLE', 'register_tiny', 'Clip', 'load_clip', 'clamp_logit_scale',
-           'loader', 'encode_images', 'encode_tokens', 'encode_texts', 'templates_for', 'zeroshot_classifier',
-           'zeroshot_logits']
+__all__ = ['TINY', 'TINY_CFG', 'TINY_WEIGHTS', 'WEIGHT_FILES', 'TEMPLATE', 'ENSEMBLE', 'register_tiny', 'Clip', 'model_folder',
+           'load_clip', 'clamp_logit_scale', 'loader', 'encode_images', 'encode_tokens', 'encode_texts',
+           'templates_for', 'zeroshot_classifier', 'zeroshot_logits']
 
 # %% ../nbs/02_models.ipynb 5
 TINY = "latteclip-tiny"
@@ -48,9 +48,24 @@ class Clip:
         return (f"Clip({self.name}, pretrained={self.pretrained}, {n:.1f}M parameters, {self.image_size}px, on "
                 f"{self.device})")
 
+def _reachable(what:str, host:str, how:str):
+    "Fail in seconds when `what` is not cached and cannot be downloaded from `host` (offline, or no route)."
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise LatteError(f"{what} not in the local cache and HF_HUB_OFFLINE is set: {how}.")
+    # only the proxy knows
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")): return
+    import socket
+    try: socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        raise LatteError(f"{what} not in the local cache and {host} cannot be reached ({e}): {how}.") from None
+
+def _hub_host()->str:
+    from urllib.parse import urlparse
+    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+
 def _weights_reachable(model:str, tag:str):
     "Fail in seconds, with what to do, when the weights of an open_clip tag are neither cached nor downloadable."
-    import open_clip, socket
+    import open_clip
     from urllib.parse import urlparse
     cfg = open_clip.get_pretrained_cfg(model, tag)
     hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
@@ -59,26 +74,53 @@ def _weights_reachable(model:str, tag:str):
         repo, fn = os.path.split(hub)
         names = [fn] if fn else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names): return
-        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+        host = _hub_host()
     elif url:
         if (Path("~/.cache/clip").expanduser() / os.path.basename(url)).exists(): return
         host = urlparse(url).hostname
     else: return
-    how = ("download them where there is a network (they are then cached), "
-           "or pass the checkpoint file with --pretrained PATH")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise LatteError(f"The weights of {model} ({tag}) are not in the local cache and HF_HUB_OFFLINE is set: {how}.")
-    # only the proxy knows
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")): return
-    try: socket.create_connection((host, 443), timeout=5).close()
-    except OSError as e:
-        raise LatteError(f"The weights of {model} ({tag}) are not in the local cache and {host} cannot be reached "
-                         f"({e}): {how}.") from None
+    _reachable(f"The weights of {model} ({tag}) are", host, "download them where there is a network (they are then "
+               "cached), or pass the checkpoint file with --pretrained PATH")
+
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+def model_folder(model:str)->Path|None:
+    ("The weights file of a `local-dir:DIR` or `hf-hub:org/repo` model (for cache ids), None for an architecture "
+     "name; one sentence, in seconds, when the folder or the cached repository cannot give a model.")
+    if model.startswith("local-dir:"):
+        d = Path(model[len("local-dir:"):]).expanduser()
+        found = [d / f for f in WEIGHT_FILES if (d / f).is_file()]
+        if not (d / "open_clip_config.json").is_file() or not found:
+            raise LatteError(f"{model} is not an open_clip model folder: it needs open_clip_config.json and "
+                             f"{WEIGHT_FILES[0]}, as open_clip's push_to_hf_hub writes them.")
+        return found[0]
+    if not model.startswith("hf-hub:"): return None
+    from huggingface_hub import try_to_load_from_cache
+    repo = model[len("hf-hub:"):]
+    if not repo or repo.count("/") != 1:
+        raise LatteError(f"{model} is not a Hugging Face model name: write hf-hub:org/repo.")
+    cfg = try_to_load_from_cache(repo, "open_clip_config.json")
+    found = [w for w in (try_to_load_from_cache(repo, f) for f in WEIGHT_FILES) if isinstance(w, str)]
+    if isinstance(cfg, str) and found: return Path(found[0])
+    _reachable(f"The model {model} is", _hub_host(), "download it where there is a network (it is then cached), or "
+               "pass a folder with --model local-dir:DIR")
+    return None
 
 def _describe_pretrained(name, pretrained):
     import open_clip
     tags = open_clip.list_pretrained_tags_by_model(name)
     return f"known tags for {name}: {', '.join(tags)}" if tags else f"open_clip has no pretrained tags for {name}"
+
+def _load_named(model:str, device)->Clip:
+    "A `local-dir:` or `hf-hub:` model through open_clip, which reads its config and weights from there."
+    import open_clip
+    weights = model_folder(model)
+    try: m, _, preprocess = open_clip.create_model_and_transforms(model, device=device)
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise LatteError(f"Could not load {model} ({msg}).") from None
+    m.eval()
+    return Clip(m, preprocess, open_clip.get_tokenizer(model), model, str(weights) if weights else model, device)
 
 def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32", or "latteclip-tiny"
               pretrained:str=None, # an open_clip tag, a local checkpoint path, or None (shipped/random weights)
@@ -88,9 +130,13 @@ def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32",
     import open_clip
     register_tiny()
     device = torch.device(device) if device is not None else default_device()
+    if model.startswith(("local-dir:", "hf-hub:")):                         # the model brings its own weights
+        if pretrained not in (None, "", "none"):
+            raise LatteError(f"--pretrained does not apply to {model}: its weights come with it.")
+        return _load_named(model, device)
     if model not in open_clip.list_models():
-        raise LatteError(f"Unknown model '{model}': pass an open_clip architecture such as ViT-B-32 or {TINY} (see "
-                         "open_clip.list_models()).")
+        raise LatteError(f"Unknown model '{model}': pass an open_clip architecture such as ViT-B-32 or {TINY}, "
+                         "local-dir:DIR or hf-hub:org/repo (see open_clip.list_models()).")
     if model == TINY and pretrained in (None, "", "latteclip"): pretrained = str(asset(TINY_WEIGHTS))
     if pretrained in ("", "none", "random"): pretrained = None
     if pretrained is not None and not Path(pretrained).expanduser().exists():

@@ -96,3 +96,55 @@ def test_pretrained_tag_without_network_fails_fast(monkeypatch, offline_env, net
             load_clip(model, tag, device="cpu")
     # no minute of download retries: offline no attempt at all, otherwise at most one look-up a model
     assert len(network_lookups) <= (0 if offline_env else len(models)), network_lookups
+
+
+def write_model_folder(clip, folder):
+    "An open_clip model folder as open_clip's own hub helper writes one: open_clip_config.json + safetensors weights."
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+    from latteclip.models import TINY_CFG
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config_for_hf(clip.model, folder / "open_clip_config.json", model_config=TINY_CFG)
+    save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return folder
+
+
+def test_local_dir_model_loads_and_encodes_like_the_original(tiny, embedded, tmp_path):
+    "`local-dir:DIR` is a model name: the same features and text features as the model it was written from."
+    d = write_model_folder(tiny, tmp_path / "m")
+    clip = load_clip(f"local-dir:{d}", device="cpu")
+    ds = embedded.subset(range(0, 5000, 250))
+    assert torch.allclose(encode_images(clip, ds), encode_images(tiny, ds), atol=1e-6)
+    assert torch.allclose(zeroshot_classifier(clip, ds.classes), zeroshot_classifier(tiny, ds.classes), atol=1e-6)
+    assert clip.pretrained == str(d / "open_clip_model.safetensors")          # the cache ids follow the weights file
+    for bad, words in [(dict(model=f"local-dir:{tmp_path / 'none'}"), "is not an open_clip model folder"),
+                       (dict(model=f"local-dir:{d}", pretrained="x.safetensors"), "--pretrained does not apply"),
+                       (dict(model="hf-hub:no-slash"), "write hf-hub:org/repo")]:
+        with pytest.raises(LatteError, match=words): load_clip(device="cpu", **bad)
+
+
+HUB = r'''
+import sys, torch
+from latteclip.models import load_clip, encode_images, TINY
+from latteclip.data import embedded_target
+from latteclip.core import LatteError
+ds = embedded_target().subset(range(0, 5000, 500))
+a, b = load_clip(TINY, device="cpu"), load_clip("hf-hub:latteclip/tiny", device="cpu")
+print("same", torch.allclose(encode_images(a, ds), encode_images(b, ds), atol=1e-6))
+try: load_clip("hf-hub:latteclip/not-cached", device="cpu")
+except LatteError as e: print("refused", e)
+'''
+
+
+def test_hf_hub_model_from_the_cache_offline(tiny, tmp_path):
+    "`hf-hub:org/repo` loads from the Hugging Face cache with HF_HUB_OFFLINE=1; an uncached one is one sentence."
+    import subprocess, sys, os
+    snap = tmp_path / "hub" / "models--latteclip--tiny" / "snapshots" / "0"
+    write_model_folder(tiny, snap)
+    (tmp_path / "hub" / "models--latteclip--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--latteclip--tiny" / "refs" / "main").write_text("0")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "LATTECLIP_QUIET": "1"}
+    r = subprocess.run([sys.executable, "-c", HUB], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "same True" in r.stdout, r.stdout
+    assert "refused The model hf-hub:latteclip/not-cached is not in the local cache and HF_HUB_OFFLINE is set" in r.stdout
