@@ -72,7 +72,7 @@ def _weights_reachable(model:str, tag:str):
     if hub:
         from huggingface_hub import try_to_load_from_cache
         repo, fn = os.path.split(hub)
-        names = [fn] if fn else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        names = [fn] if fn else WEIGHT_FILES
         if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names): return
         host = _hub_host()
     elif url:
