@@ -13,6 +13,7 @@ lic = licenses[cfg["license"].lower()]
 min_python = cfg["min_python"]
 requirements = shlex.split(cfg.get("requirements", ""))
 dev_requirements = shlex.split(cfg.get("dev_requirements", ""))
+tracking_requirements = shlex.split(cfg.get("tracking_requirements", ""))   # --report-to tensorboard
 
 setuptools.setup(
     name=cfg["lib_name"],
@@ -29,7 +30,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={"latteclip": ["assets/*"]},
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"dev": dev_requirements + tracking_requirements, "tracking": tracking_requirements},
     dependency_links=cfg.get("dep_links", "").split(),
     python_requires=">=" + min_python,
     long_description=open("README.md", encoding="utf-8").read(),

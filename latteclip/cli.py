@@ -10,7 +10,8 @@ from .core import LatteError, out_dir, write_json, run_files, disk_full
 from . import __version__
 
 # %% auto 0
-__all__ = ['COMMANDS', 'setting_flags', 'method_settings', 'parser', 'methods_table', 'main', 'cli']
+__all__ = ['CONFIG_ARGS', 'COMMANDS', 'setting_flags', 'method_settings', 'parser', 'given_options', 'methods_table', 'main',
+           'cli']
 
 # %% ../nbs/99_cli.ipynb 5
 def _data_args(p):
@@ -32,6 +33,15 @@ def _model_args(p):
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k) or a local "
                    "checkpoint file; default: shipped weights for latteclip-tiny")
     g.add_argument("--device", default=None, help="cpu, cuda, ...; default: CUDA if present")
+
+def _eval_args(p):
+    g = p.add_argument_group("held-out scoring (inductive, beside the transductive scores on --data)")
+    g.add_argument("--eval-data", default=None, help="a labelled image folder (or archive, or torchvision name) the "
+                   "method never sees: the adapted model's eval_top1 and eval_per_class_mean on it")
+    g.add_argument("--eval-shift", default=None, help="the shift of --eval-data (default: the shift of --data; none "
+                   "for none)")
+    p.add_argument("--report-to", default=None, help="tensorboard and/or wandb (comma-separated): every training step's "
+                   "scalars, through accelerate's trackers (pip install -e \".[tracking]\"); default: history.csv only")
 
 def _group_args(p):
     d = p.add_argument_group("several processes (Hugging Face Accelerate; or start any of these commands with "
@@ -109,6 +119,8 @@ def _run_command(sub, methods, flags):
     r.add_argument("--out", default=None, help="output folder (default: runs/<method>)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    r.add_argument("--config", default=None, help="a run's config.json: run it again (flags given beside it win)")
+    _eval_args(r)
     _group_args(r)
     _setting_args(r, flags)
 
@@ -123,10 +135,11 @@ def _compare_command(sub, methods, flags):
     _data_args(c)
     _model_args(c)
     c.add_argument("--out", default="runs/compare")
+    _eval_args(c)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--reuse", action="store_true",
-                   help="keep a method's finished run in --out (same data, shift, model "
-                   "and seed) instead of running it again")
+                   help="keep a method's finished run in --out when its config.json matches (every "
+                   "setting and the package version) instead of running it again")
     _group_args(c)
     _setting_args(c, flags)
 
@@ -198,6 +211,23 @@ def _pretrain_dino_command(sub):
                     "embedded target set, clean); none: skip")
     _checkpoint_args(pd)
 
+def _predict_command(sub):
+    "The `predict` sub-command: a finished run's model and head on new images."
+    pr = sub.add_parser("predict", help="predict new images with a finished run of any method: predictions.csv "
+                        "(and metrics.json with labels)")
+    pr.add_argument("--run", required=True, help="a finished run's folder (or an exported copy)")
+    _data_args(pr)
+    pr.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
+    pr.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    pr.add_argument("--device", default=None, help="cpu, cuda, ...; default: CUDA if present")
+
+def _export_command(sub):
+    "The `export` sub-command: a finished run's model and head copied out."
+    ex = sub.add_parser("export", help="copy a finished run's adapted model (an open_clip local-dir: folder) and its "
+                        "classifier to a folder of their own")
+    ex.add_argument("--run", required=True, help="a finished run's folder")
+    ex.add_argument("--out", required=True, help="a new folder")
+
 def _docs_command(sub):
     "The `docs` sub-command: the documentation site as static HTML."
     d = sub.add_parser("docs", help="the documentation site as static HTML, offline (notebooks, README, API), checked")
@@ -221,26 +251,65 @@ def parser()->argparse.ArgumentParser:
     _robustness_command(sub)
     _pretrain_command(sub)
     _pretrain_dino_command(sub)
+    _predict_command(sub)
+    _export_command(sub)
     _docs_command(sub)
     sub.add_parser("shifts", help="list the distribution shifts")
     return p
 
 # %% ../nbs/99_cli.ipynb 12
+def given_options(argv:list)->set:
+    "The `dest`s of the options `argv` gives (parsed by argparse itself, so abbreviations and `--x=v` count)."
+    p = parser()
+    for sp in next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices.values():
+        for a in sp._actions: a.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+CONFIG_ARGS = ("method", "data", "classes", "shift", "model", "pretrained", "seed", "device", "eval_data", "eval_shift",
+               "report_to")
+
+def _from_config(args)->dict:
+    "Apply the config.json of `--config` to `args` where no flag was given; returns the method settings it holds."
+    from latteclip.methods import get, setting_rows
+    f = Path(args.config).expanduser()
+    try: c = json.loads(f.read_text())
+    except OSError as e: raise LatteError(f"--config {args.config} cannot be read ({e.strerror or e}).") from None
+    except (ValueError, UnicodeDecodeError) as e: raise LatteError(f"--config {args.config} is not JSON ({e}).") from None
+    if not isinstance(c, dict) or not isinstance(c.get("settings", {}), dict) or "method" not in c:
+        raise LatteError(f"--config {args.config} is not a run's config.json (it needs method and settings).")
+    given = given_options(args.argv)
+    for k in CONFIG_ARGS:
+        if k not in given and k in c: setattr(args, k, c[k])
+    if args.method != c["method"]: return {}                                 # another method: its defaults
+    rows = {r["name"]: r for r in setting_rows(get(args.method).settings)}
+    bad = [k for k in c.get("settings", {}) if k not in rows]
+    if bad: raise LatteError(f"--config {args.config} has settings {args.method} does not take: {', '.join(bad)}.")
+    return {k: tuple(v) if rows[k]["type"] is tuple and isinstance(v, list) else v
+            for k, v in c["settings"].items()
+            if rows[k]["flag"] is not None and k != "seed"}        # the run's seed is its own; the others: the method's
+
 def _run(args):
     from latteclip.data import parse_shift
     from latteclip.methods import get, run_method
+    saved = _from_config(args) if args.config else {}
     shift = _shift_for(args)
     parse_shift(shift)                                                       # validate before heavy work
     method = get(args.method)
-    settings = method_settings(args, args.flags, [args.method])
+    settings = {**saved, **method_settings(args, args.flags, [args.method])}
     out = Path(args.out or f"runs/{args.method}")
+    parse_shift(args.eval_shift)
     m = run_method(args.method, args.data, args.classes, shift, args.model, args.pretrained, out, args.seed,
-                   args.device, args.resume, args.download, **settings)
+                   args.device, args.resume, args.download, eval_data=args.eval_data, eval_shift=args.eval_shift,
+                   report_to=args.report_to, **settings)
     if m is None: return None                                              # not the first of several launched processes
     if method.summary is not None: print(method.summary(m))
     top = "n/a (no labels)" if m["top1"] is None else f"{m['top1']}%"
     print(f"{m['method']} on {m['dataset']}{' (' + m['shift'] + ')' if m['shift'] else ''}: top-1 {top}, "
           f"{m['n_images']} images, {m['seconds']}s, {len(m['skipped'])} skipped -> {out}/metrics.json")
+    if "eval_top1" in m:
+        print(f"held-out: top-1 {m['eval_top1']}% on {m['eval_n_images']} images the method never saw"
+              + (f", AUROC {m['eval_auroc']}% against {m['eval_n_unknown_images']} of other classes"
+                 if "eval_auroc" in m else ""))
     return m
 
 def _compare(args):
@@ -250,9 +319,11 @@ def _compare(args):
     parse_shift(shift)
     methods = method_list(args.methods)
     settings = method_settings(args, args.flags, methods)
-    out = out_dir(args.out)
+    out = Path(args.out)                                                      # `compare` makes it once all is checked
+    parse_shift(args.eval_shift)
     compare(methods, args.data, args.classes, shift, out, reuse=args.reuse, download=args.download, model=args.model,
-            pretrained=args.pretrained, seed=args.seed, device=args.device, **settings)
+            pretrained=args.pretrained, seed=args.seed, device=args.device, eval_data=args.eval_data,
+            eval_shift=args.eval_shift, report_to=args.report_to, **settings)
     from latteclip.distributed import rank
     if rank() == 0: print((out / "table.md").read_text())
 
@@ -361,12 +432,31 @@ def _bench(args):
     from latteclip.bench import bench
     print(json.dumps(bench(args.out, args.n, models=tuple(args.models.split(",")), quick=args.quick), indent=2))
 
+def _predict(args):
+    from latteclip.data import parse_shift
+    from latteclip.predict import predict_run
+    shift = _shift_for(args)
+    parse_shift(shift)
+    if args.batch_size < 1: raise LatteError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    m = predict_run(args.run, args.data, args.classes, shift, args.out, args.batch_size, args.device, args.download)
+    top = "n/a (no labels)" if m["top1"] is None else f"{m['top1']}%"
+    print(f"{m['method']} run {args.run} on {m['dataset']}{' (' + m['shift'] + ')' if m['shift'] else ''}: top-1 "
+          f"{top}, {m['n_images']} images, {len(m['skipped'])} skipped -> {args.out}/predictions.csv")
+    return m
+
+def _export(args):
+    from latteclip.predict import export_run
+    out = export_run(args.run, args.out)
+    print(f"exported {args.run} -> {out}: open_clip.create_model_and_transforms('local-dir:{out / 'model'}'), "
+          f"or latteclip predict --run {out}")
+
 def _shifts(args):
     from latteclip.data import SHIFTS
     print("\n".join(f"{n}{'' if n == 'grayscale' else ':1..5'}" for n in sorted(SHIFTS)))
 
 COMMANDS = {"run": _run, "compare": _compare, "methods": _methods, "bench": _bench, "robustness": _robustness,
-            "pretrain": _pretrain, "pretrain-dino": _pretrain_dino, "docs": _docs, "shifts": _shifts}
+            "pretrain": _pretrain, "pretrain-dino": _pretrain_dino, "predict": _predict, "export": _export, "docs": _docs,
+            "shifts": _shifts}
 
 def main(argv=None)->int:
     "Entry point of the `latteclip` command; returns the exit code."
@@ -376,6 +466,7 @@ def main(argv=None)->int:
         print(f"latteclip: error: {e}", file=sys.stderr)
         return 2
     args = p.parse_args(argv)
+    args.argv = argv
     if args.command is None:
         p.print_help()
         return 0

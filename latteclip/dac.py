@@ -8,12 +8,13 @@ from dataclasses import dataclass, asdict
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from .core import LatteError, seed_everything, generator
+from .loop import StepLog
 from .models import encode_images, zeroshot_classifier
 from .pixels import load_pixels, augment, normalizer
 
 # %% auto 0
 __all__ = ['few_shot_split', 'supcon_loss', 'DACConfig', 'DAC', 'view_features', 'fit_dac', 'dac_logits', 'run_dac',
-           'DACSettings']
+           'DACSettings', 'dac_head']
 
 # %% ../nbs/20_dac.ipynb 6
 def few_shot_split(labels, # class index of every image
@@ -109,7 +110,9 @@ def view_features(clip, ds, views:int, seed:int=0)->torch.Tensor:
 
 def fit_dac(model:DAC,
             views:torch.Tensor, # (V, S, D) features of augmented views of the shots (the keys' images, in order)
-            labels:torch.Tensor)->list:
+            labels:torch.Tensor,
+            history=None, # `history.csv`: one row per step (loss, its cross-entropy and contrastive parts, lr)
+           )->list:
     "Train the adapter and the text residual on the shots; returns the loss of every step."
     cfg = model.cfg
     seed_everything(cfg.seed)
@@ -119,15 +122,19 @@ def fit_dac(model:DAC,
     hide = torch.eye(S, dtype=torch.bool).repeat(V, 1)                                 # view of shot i never sees key i
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-    losses = []
-    for _ in range(cfg.steps):
+    losses, log = [], StepLog(history, "dac", ("loss", "ce", "supcon")) if history is not None else None
+    for s in range(cfg.steps):
         logits, a = model(f, hide)
-        loss = F.cross_entropy(logits, y) + cfg.lam * supcon_loss(a, y, cfg.tau)
+        ce, sc = F.cross_entropy(logits, y), supcon_loss(a, y, cfg.tau)
+        loss = ce + cfg.lam * sc
         opt.zero_grad()
         loss.backward()
+        lr = opt.param_groups[0]["lr"]
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if log is not None: log.row(0, s + 1, (loss.item(), ce.item(), sc.item()), lr)
+    if log is not None: log.close()
     return losses
 
 @torch.no_grad()
@@ -138,6 +145,7 @@ def dac_logits(model:DAC, f:torch.Tensor)->torch.Tensor:
 def run_dac(clip, ds, # a `Clip` and a labelled `ImageSet` (shifted or not)
             cfg:DACConfig=None, templates=None,
             shots_clean:bool=False, # draw the shots from the un-shifted images (train clean, test shifted)
+            history=None, # `history.csv` (see `fit_dac`)
            )->dict:
     "Draw the shots, train DAC, and return logits on the rest with the baselines: a dict of tensors and indices."
     cfg = cfg or DACConfig()
@@ -150,7 +158,7 @@ def run_dac(clip, ds, # a `Clip` and a labelled `ImageSet` (shifted or not)
     f = encode_images(clip, ds.subset(rest), desc="encoding test images")
     model = DAC(W0, keys, y, clip.logit_scale, cfg)
     tip = dac_logits(model, f)                                                            # before training: Tip-Adapter
-    losses = fit_dac(model, view_features(clip, shots, cfg.views, cfg.seed), y)
+    losses = fit_dac(model, view_features(clip, shots, cfg.views, cfg.seed), y, history)
     return dict(shot=shot, rest=rest, logits=dac_logits(model, f), tip_adapter=tip,
                 zeroshot=clip.logit_scale * f @ W0.T,
                 losses=losses, model=model)
@@ -158,6 +166,7 @@ def run_dac(clip, ds, # a `Clip` and a labelled `ImageSet` (shifted or not)
 # %% ../nbs/20_dac.ipynb 15
 from .methods import Method, RunContext, register
 from .report import save_run
+from .artifact import Classifier, register_head
 from .zeroshot import scores
 from .core import check_settings
 
@@ -177,13 +186,25 @@ class DACSettings(DACConfig):
 def _run_dac(ctx:RunContext)->dict:
     "DAC on the shots, scored (with zero-shot and Tip-Adapter) on every other image."
     cfg, ds, clip = ctx.cfg, ctx.ds, ctx.clip
-    r = run_dac(clip, ds, cfg, shots_clean=cfg.shots_clean)                 # few-shot: the one method that reads labels
+    r = run_dac(clip, ds, cfg, shots_clean=cfg.shots_clean, history=ctx.out / "history.csv")                 # few-shot: the one method that reads labels
     test = ds.subset(r["rest"])
     top1 = lambda lg: scores(lg.argmax(1).numpy(), test.labels, len(ds.classes))["top1"]
-    return save_run(ctx.out, "dac", test, clip, r["logits"], ctx.t0,
+    c = r["model"].cfg                                                      # the head: the trained DAC module
+    clf = Classifier("dac", ds.classes, clip.logit_scale, dict(r["model"].state_dict()), kind="dac",
+                     meta=dict(alpha=c.alpha, beta=c.beta, bottleneck=c.bottleneck))
+    return save_run(ctx.out, "dac", test, clip, r["logits"], ctx.t0, head=clf, eval_ds=ctx.eval_ds,
                     zeroshot_top1=top1(r["zeroshot"]), tip_adapter_top1=top1(r["tip_adapter"]),
                     shots=cfg.shots, shots_clean=cfg.shots_clean, shot_files=[ds.keys[i] for i in r["shot"]],
                     seed=cfg.seed, config=asdict(cfg), history=dict(loss=r["losses"]))
+
+def dac_head(clf:Classifier, clip, ds, batch_size:int=256)->torch.Tensor:
+    "DAC's head rebuilt from a run's classifier: the modulated text classifier and the cache of adapted shots."
+    t = clf.tensors
+    model = DAC(t["W0"], t["keys"], t["L"].argmax(1), clf.logit_scale, DACConfig(**clf.meta))
+    model.load_state_dict(t)
+    return dac_logits(model, encode_images(clip, ds, batch_size))
+
+register_head("dac", dac_head)
 
 def _dac_summary(m:dict)->str:
     return (f"{m['shots']} shots per class: zero-shot {m['zeroshot_top1']}%, Tip-Adapter {m['tip_adapter_top1']}% "

@@ -18,8 +18,8 @@ __all__ = ['IMG_EXTS', 'MAX_BYTES', 'SHIFTS', 'MAX_PIXELS', 'EMBEDDED', 'DEFAULT
            'UnreadableFile', 'check_file', 'read_file', 'FolderReader', 'ArchiveReader', 'decode_image',
            'gaussian_noise', 'shot_noise', 'speckle_noise', 'impulse_noise', 'gaussian_blur', 'defocus_blur',
            'contrast', 'brightness', 'saturate', 'grayscale', 'plasma_fractal', 'fog', 'jpeg', 'pixelate', 'Shift',
-           'parse_shift', 'ImageSet', 'check_image', 'image_folder', 'flat_folder', 'pack_archive', 'embedded_target',
-           'TorchvisionReader', 'torchvision_set', 'open_data']
+           'parse_shift', 'ImageSet', 'check_image', 'NeedsClasses', 'image_folder', 'flat_folder', 'pack_archive',
+           'embedded_target', 'TorchvisionReader', 'torchvision_set', 'open_data']
 
 # %% ../nbs/01_data.ipynb 5
 IMG_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -355,6 +355,9 @@ def _checked(reader, keys, verify=True):
 # %% ../nbs/01_data.ipynb 18
 def _norm(name): return name.strip().replace("_", " ").lower()
 
+class NeedsClasses(LatteError):
+    "A flat folder (no class sub-folders) opened without class names: the caller may supply them."
+
 def image_folder(root, # a folder or .zip/.tar with one sub-folder of images per class
                  classes:list=None, # class names in order; default: the sub-folder names, sorted
                  verify:bool=True, # check every file's header first
@@ -392,7 +395,7 @@ def flat_folder(root, # a folder (or archive) of images, possibly nested; no lab
                 verify:bool=True, name:str=None)->ImageSet:
     "An unlabelled `ImageSet` of every image below `root`; predictions only."
     root = Path(root)
-    if not classes: raise LatteError(f"{root} has no class sub-folders, so pass the class names: --classes cat,dog,...")
+    if not classes: raise NeedsClasses(f"{root} has no class sub-folders, so pass the class names: --classes cat,dog,...")
     if len({_norm(c) for c in classes}) != len(classes):
         raise LatteError(f"Duplicate class names in --classes: {', '.join(classes)}.")
     reader = ArchiveReader(root) if root.is_file() else FolderReader(root)

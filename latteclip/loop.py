@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_loop.ipynb 2
 from __future__ import annotations
-import os, pickle, time
+import contextlib, contextvars, csv, os, pickle, time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -14,7 +14,8 @@ from safetensors.torch import save_file, load_file
 from .core import LatteError, Interrupted, StopRequest, progress, generator, out_dir, fsync_path, torch_save
 
 # %% auto 0
-__all__ = ['save_checkpoint', 'load_checkpoint', 'check_stop', 'LossStep', 'append_means', 'fit']
+__all__ = ['save_checkpoint', 'load_checkpoint', 'check_stop', 'LossStep', 'tracker_kinds', 'tracking', 'StepLog', 'epoch_line',
+           'append_means', 'fit']
 
 # %% ../nbs/07_loop.ipynb 5
 def save_checkpoint(out:Path, # the checkpoint folder
@@ -85,6 +86,86 @@ class LossStep(torch.nn.Module):
     def forward(self, *args, **kwargs): return self.fn(*args, **kwargs)
 
 # %% ../nbs/07_loop.ipynb 9
+def _scalar(v):
+    "A step record's item as one number: a list of micro-batch values is their mean; none is blank."
+    if isinstance(v, (list, tuple)): return float(np.mean(v)) if len(v) else ""
+    return "" if v is None else float(v)
+
+_TRACKERS = contextvars.ContextVar("latteclip_trackers", default=())
+
+def tracker_kinds(report_to:str)->list:
+    "The trackers `report_to` names (checked: known, and their package installed), before any work starts."
+    kinds = list(dict.fromkeys(k.strip() for k in (report_to or "").split(",") if k.strip() not in ("", "none")))
+    for k in kinds:
+        if k not in ("tensorboard", "wandb"):
+            raise LatteError(f"--report-to {k}: choose tensorboard or wandb (comma-separated), or none.")
+        try: __import__(k)
+        except ImportError:
+            raise LatteError(f"--report-to {k} needs the {k} package: pip install -e \".[tracking]\" (or pip install "
+                             f"{k}).") from None
+    return kinds
+
+def _tracker(kind:str, name:str, out:Path):
+    "One started accelerate tracker: TensorBoard event files in `out/tensorboard/name`, or a wandb run."
+    from accelerate import tracking as T
+    t = T.TensorBoardTracker(name, out / "tensorboard") if kind == "tensorboard" else T.WandBTracker(name, dir=str(out))
+    t.start()
+    return t
+
+@contextlib.contextmanager
+def tracking(report_to:str, # "tensorboard", "wandb", both comma-separated, or None / "none"
+             name:str, out, # the run's name (the method) and folder (TensorBoard writes to `out/tensorboard/name`)
+            ):
+    "While the block runs, every `StepLog` row also goes to these accelerate trackers, as `stage/column` scalars."
+    trackers = [_tracker(k, name, Path(out)) for k in tracker_kinds(report_to)]
+    token = _TRACKERS.set(tuple(trackers))
+    try: yield trackers
+    finally:
+        _TRACKERS.reset(token)
+        for t in trackers: t.finish()
+
+class StepLog:
+    "A training's `history.csv`: one row per optimizer step, flushed as it is written (and sent to the trackers)."
+    def __init__(self, path, # the CSV file
+                 stage:str, columns:tuple=("loss",), # the stage's name; the names of its step records' items
+                 keep_to:int=0, # resuming: the stage's rows up to this step stay (its later ones go)
+                ):
+        self.path, self.stage, self.columns = Path(path), stage, tuple(columns)
+        old = []
+        if self.path.is_file():
+            with open(self.path, newline="") as fh: old = [r for r in csv.DictReader(fh) if None not in r.values()]
+        mine = lambda r: r.get("stage") == stage
+        rows = [r for r in old if not mine(r) or int(r.get("step") or 0) <= keep_to]
+        kept = [float(r["seconds"]) for r in rows if mine(r) and r.get("seconds")]
+        self.t0 = time.time() - (kept[-1] if kept else 0.)                     # seconds go on from the checkpoint
+        self.fields = list(dict.fromkeys(["stage", "epoch", "step", *self.columns, "lr", "seconds",
+                                          *[k for r in rows for k in r]]))
+        self.fh = open(self.path, "w", newline="")
+        self.w = csv.DictWriter(self.fh, self.fields, extrasaction="ignore")
+        self.w.writeheader()
+        self.w.writerows(rows)
+        self.fh.flush()
+    def row(self, epoch:int, step:int, # 0-based epoch; the stage's 1-based step, counted over all epochs
+            record:tuple, lr:float=None):
+        "Write one step's row and flush it."
+        vals = {c: _scalar(v) for c, v in zip(self.columns, record)}
+        self.w.writerow(dict(stage=self.stage, epoch=epoch + 1, step=step, lr="" if lr is None else f"{lr:.6g}",
+                             seconds=round(time.time() - self.t0, 3), **vals))
+        self.fh.flush()
+        tag = self.stage.replace(" ", "_")
+        scalars = {f"{tag}/{k}": v for k, v in {**vals, "lr": lr}.items() if v not in ("", None)}
+        for t in _TRACKERS.get(): t.log(scalars, step=step)
+    def close(self): self.fh.close()
+
+def epoch_line(name:str, epoch:int, epochs:int, # `{name} epoch 3/10`
+               columns:tuple, parts:list, seconds:float, lr:float=None)->str:
+    "The line printed after each epoch: the mean of each named item of the epoch's step records, the lr, the time."
+    means = [f"{c} {np.mean([_scalar(p[i]) for p in parts if _scalar(p[i]) != '']):.4f}"
+             for i, c in enumerate(columns) if any(_scalar(p[i]) != "" for p in parts if len(p) > i)]
+    lr = [] if lr is None else [f"lr {lr:.3g}"]
+    return f"{name} epoch {epoch + 1}/{epochs}: " + ", ".join(means + lr + [f"{seconds:.1f}s"])
+
+# %% ../nbs/07_loop.ipynb 13
 def _not_finite(name:str, value:float, epoch:int, step:int, lr:float, out, last_good)->LatteError:
     where = (f"The last good checkpoint (after epoch {last_good}) is in {out}: resume from it with --resume and a "
              f"lower --lr." if last_good is not None else "No checkpoint was written yet.")
@@ -134,6 +215,9 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
         on_step:Callable=None, # on_step(epoch, step, loss) after each step (the benchmark's clock)
         stop_after:int=None, # stop after this epoch (a checkpoint to resume from stays in `out`)
         train_mode:bool=True, # `model.train()` at the start of every epoch (False: the method sets the mode)
+        history=None, # `history.csv`: one row per step (see `StepLog`); None: none
+        columns:tuple=("loss",), # the names of the items of a step record (`summarise`'s), in the CSV and epoch line
+        say:bool=True, # print one line per epoch (`epoch_line`)
        ):
     "Train for `cfg.epochs` epochs over `n` images; returns the history. SIGINT/SIGTERM stop it with a checkpoint."
     bs = min(cfg.batch_size, n)
@@ -145,6 +229,8 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
     if resume and out is not None and (out / "state.pt").exists():
         start, state, hist = _resume(out, opt, sched, hist, restore, load_hist)
     last_good = start if out is not None and (out / "state.pt").exists() else None
+    log = (StepLog(history, name, columns, start * steps + state.get("step", 0))
+           if history is not None and dist.is_main else None)
     def save(*at):
         if dist.is_main: save_checkpoint(out, model, extra(), opt, sched, hist, *at)
     def one_step(epoch, idx, g, parts):                                # the global batch, the same in every process
@@ -161,11 +247,13 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
                 dist.backward(l)
             micro.append(record(l, aux, idx, mine, j))
         if clip_grad is not None: dist.clip_grad(model.parameters(), clip_grad)
+        lr = opt.param_groups[0]["lr"]                                    # the step's own
         dist_opt.step()
         if sched is not None and not dist.step_skipped: sched.step()
         if after_step is not None: after_step()
         parts.append(summarise(micro))
-    with StopRequest() as stop:
+        return lr
+    with StopRequest() as stop, (log.fh if log is not None else __import__("contextlib").nullcontext()):
         for epoch in range(start, cfg.epochs):
             if train_mode: model.train()
             t0, parts, done = time.time(), [], 0
@@ -177,8 +265,10 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
                 t0 -= state["partial"]["seconds"]
             if begin_epoch is not None: begin_epoch(epoch, perm, done)
             bar = progress(perm[done:], desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", initial=done, total=len(perm))
+            lr = None
             for idx in bar:
-                one_step(epoch, idx, g, parts)
+                lr = one_step(epoch, idx, g, parts)
+                if log is not None: log.row(epoch, epoch * len(perm) + len(parts), parts[-1], lr)
                 bar.set_postfix(loss=f"{np.mean([p[0] for p in parts[-10:]]):.3f}")
                 if on_step is not None: on_step(epoch, len(parts), parts[-1][0])
                 dist.stop(stop)                                       # SIGINT/SIGTERM in any process: all save and stop
@@ -186,6 +276,8 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
                 check_stop(stop, out, epoch, len(parts), len(perm),
                            lambda: (save(epoch, len(parts), g, partial()), dist.wait()))
             end_epoch(hist, epoch, parts, time.time() - t0)
+            if say and dist.is_main:
+                print(epoch_line(name, epoch, cfg.epochs, columns, parts, time.time() - t0, lr), flush=True)
             if out is not None:
                 save(epoch + 1)
                 last_good = epoch + 1

@@ -4,19 +4,20 @@
 
 # %% ../nbs/09_methods.ipynb 2
 from __future__ import annotations
-import time
-from dataclasses import dataclass, field, fields, is_dataclass, MISSING
+import json, time
+from dataclasses import dataclass, field, fields, is_dataclass, asdict, MISSING
 from pathlib import Path
 from typing import Callable
 from fastcore.docments import docments
-from .core import LatteError, out_dir, seed_everything, reset_peak_rss, default_device
-from .data import open_data
+from .core import LatteError, out_dir, seed_everything, reset_peak_rss, default_device, run_files
+from .data import open_data, NeedsClasses
 from .models import load_clip
 from .distributed import Dist, process_group
+from .loop import tracking, tracker_kinds
 
 # %% auto 0
 __all__ = ['RUN_ARGS', 'Method', 'RunContext', 'flag_name', 'setting_rows', 'register', 'load', 'get', 'group', 'settings_of',
-           'run_method']
+           'open_eval', 'run_config', 'run_method']
 
 # %% ../nbs/09_methods.ipynb 5
 @dataclass
@@ -60,6 +61,7 @@ class RunContext:
     data: object = None        # `--data` as the user gave it
     dist: Dist = None          # the process group of a data-parallel method
     prepared: object = None    # what `method.check` returned
+    eval_ds: object = None     # labelled held-out images (`--eval-data`), scored with the adapted model at the end
 
 # %% ../nbs/09_methods.ipynb 7
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}
@@ -126,7 +128,7 @@ def group(name:str)->list:
     return [m for m, v in load().items() if name in v.groups]
 
 # %% ../nbs/09_methods.ipynb 12
-RUN_ARGS = ("model", "pretrained", "seed", "device")                          # what every run takes (see `run_method`)
+RUN_ARGS = ("model", "pretrained", "seed", "device", "eval_data", "eval_shift", "report_to")   # every run's (`run_method`)
 
 def settings_of(method:Method, seed:int, settings:dict)->dict:
     ("The settings `method` is given: those set (not None), the run's seed where it takes one; the run's own "
@@ -136,25 +138,60 @@ def settings_of(method:Method, seed:int, settings:dict)->dict:
     if "seed" in names: given["seed"] = seed
     return given
 
+def _spec(data)->str|None:
+    "`--data` as a config records it: an existing path made absolute, a name as it is."
+    spec = str(data) if data not in (None, "") else None
+    return str(Path(spec).expanduser().resolve()) if spec is not None and Path(spec).expanduser().exists() else spec
+
+def open_eval(eval_data, eval_shift, ds):
+    "The held-out `ImageSet` of `--eval-data` (labelled), under `--eval-shift` or else the shift of the run's data `ds`."
+    if eval_data in (None, ""): return None
+    no_labels = f"--eval-data {eval_data} has no labels: held-out scoring needs one sub-folder per class."
+    try: ev = open_data(eval_data, None, ds.shift if eval_shift is None else eval_shift)
+    except NeedsClasses: raise LatteError(no_labels) from None
+    except LatteError as e: raise LatteError(str(e).replace("--data ", "--eval-data ", 1)) from None
+    if not ev.has_labels:
+        raise LatteError(no_labels)
+    return ev
+
+def run_config(method:Method, cfg, # the method and its settings (a dataclass)
+               ds, data=None, classes=None, # the opened `ImageSet`, and `--data`/`--classes` as given
+               model:str="latteclip-tiny", pretrained:str=None, seed:int=0, device=None,
+               eval_data=None, eval_shift=None, report_to=None)->dict:
+    ("Every setting of a run, as its `config.json` holds them: `latteclip run --config` runs it again, `compare "
+     "--reuse` reuses a run only when this and the package version match.")
+    from latteclip import __version__
+    spec = _spec(data)
+    if isinstance(classes, str): classes = [c.strip() for c in classes.split(",") if c.strip()]
+    return dict(version=__version__, method=method.name, data=spec, classes=list(classes) if classes else None,
+                shift=str(ds.shift) if ds.shift else "none", dataset=ds.name, n_images=len(ds), model=model,
+                pretrained=pretrained, seed=seed, device=str(device) if device is not None else None,
+                eval_data=_spec(eval_data), eval_shift=eval_shift, report_to=report_to,
+                settings={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()})
+
 def run_method(method:str="latteclip", # a registered method (see `load`)
                data=None, classes=None, shift=None, # what `open_data` takes (default: the embedded set)
                model:str="latteclip-tiny", pretrained:str=None, # what `load_clip` takes
                out=None, # the run's folder (default: runs/<method>)
                seed:int=0, device=None, resume:bool=False, download:bool=False,
+               eval_data=None, eval_shift=None, # labelled held-out images, scored at the end (see `open_eval`)
+               report_to:str=None, # "tensorboard" and/or "wandb": every step's scalars also go there (see `tracking`)
                ds=None, # an `ImageSet` already open (then data, classes, shift and download are not read)
                **settings, # the method's settings (None: its default); one it does not take is refused
               )->dict:
-    "Run `method` end to end and write its files into `out`; returns its metrics (None in all but the first process)."
+    ("Run `method` end to end and write its files (and `config.json`) into `out`; returns its metrics (None in all but "
+     "the first process).")
     m = get(method)
     if resume and not m.resumable: raise LatteError(f"{method} keeps no checkpoints to resume from: drop --resume.")
     cfg = m.config(**settings_of(m, seed, settings))                           # impossible settings fail here
-    out = out_dir(out or f"runs/{method}")
+    tracker_kinds(report_to)
     t0 = time.time()
     seed_everything(seed)
     reset_peak_rss()                                                           # peak_rss_mb: this run's own
     prepared = m.check(cfg) if m.check is not None else None
     ds = ds if ds is not None else open_data(data, classes, shift, download=download)
     if m.check_data is not None: m.check_data(cfg, ds)
+    ev = open_eval(eval_data, eval_shift, ds)
     pg = process_group(device)                                                 # several processes: join the group first
     if pg is not None and not m.data_parallel and not pg.is_main_process: return None
     dist = None
@@ -162,5 +199,15 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
         dist = Dist(device or default_device(), getattr(cfg, "precision", "auto"), getattr(cfg, "grad_accum", 1))
         if hasattr(cfg, "batch_size"): dist.check_batch(min(cfg.batch_size, len(ds)))   # an even split, checked now
     clip = load_clip(model, pretrained, device)
-    ctx = RunContext(m, cfg, ds, clip, out, t0, seed, resume, data, dist, prepared)
-    return m.run(ctx)
+    out = out_dir(out or f"runs/{method}")                                    # made once data and model are good
+    if not resume: (out / "history.csv").unlink(missing_ok=True)              # the history of this run only
+    ctx = RunContext(m, cfg, ds, clip, out, t0, seed, resume, data, dist, prepared, ev)
+    with tracking(report_to, method, out) as trackers, run_files(out) as f:   # config.json with the run's files
+        r = m.run(ctx)
+        if r is not None:
+            config = run_config(m, cfg, ds, data, classes, model, pretrained, seed, device, eval_data, eval_shift,
+                                report_to)
+            f("config.json").write_text(json.dumps(config, indent=2) + "\n")
+            final = {f"metrics/{k}": v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for t in trackers: t.log(final, step=0)
+    return r

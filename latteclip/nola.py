@@ -18,7 +18,7 @@ from .distributed import Dist, start_run
 # %% auto 0
 __all__ = ['NoLAConfig', 'NoLAHistory', 'confident_topk', 'AlignmentHead', 'HeadHistory', 'fit_head', 'head_probs',
            'VisualPrompts', 'strong_views', 'fixmatch_loss', 'nola_logits', 'class_embeddings', 'fit_nola', 'run_nola',
-           'NoLASettings', 'prompt_attention']
+           'NoLASettings', 'prompted_logits', 'prompt_attention']
 
 # %% ../nbs/22_nola.ipynb 6
 @dataclass
@@ -98,7 +98,9 @@ class HeadHistory:
 def fit_head(ssl, # an `SSLModel` (frozen)
              pixels:torch.Tensor, # uint8 (N, H, W, 3) at the SSL model's input side
              idx:torch.Tensor, y:torch.Tensor, # the confident set: image indices and their pseudo-labels
-             T:torch.Tensor, scale:float, cfg:NoLAConfig)->tuple:
+             T:torch.Tensor, scale:float, cfg:NoLAConfig,
+             history=None, # `history.csv`: one row per step (the batch's summed cross-entropy, lr, seconds)
+            )->tuple:
     ("Train the alignment map on the confident set (every image once an epoch, in batches of 256, the last one "
      "smaller); returns `(AlignmentHead, loss per epoch)`.")
     dev = ssl.device
@@ -121,7 +123,8 @@ def fit_head(ssl, # an `SSLModel` (frozen)
                loss=lambda inputs, b, mine, j: (F.cross_entropy(head(inputs[0][mine]), inputs[1][mine]), None),
                record=lambda l, aux, b, mine, j: l.item() * len(b), summarise=lambda micro: (sum(micro),),
                end_epoch=end_epoch, hist=HeadHistory(),
-               order=lambda epoch: (g, list(idx[torch.randperm(len(idx), generator=g)].split(bs))))
+               order=lambda epoch: (g, list(idx[torch.randperm(len(idx), generator=g)].split(bs))),
+               history=history, columns=("loss_sum",))
     return head.eval(), hist.loss
 
 def _lookup(idx, y, b):
@@ -205,13 +208,13 @@ def class_embeddings(clip, classes:list, spec:str="shipped", cache=None,
     d = load_descriptors(spec, classes, cache=cache, **{k: v for k, v in gen.items() if v is not None})
     return descriptor_classifier(clip, d, classes).float(), d
 
-def _labelling(clip, ssl, T, pixels, spx, norm, cfg)->tuple:
+def _labelling(clip, ssl, T, pixels, spx, norm, cfg, history=None)->tuple:
     ("NoLA's steps 1 and 2: the description classifier's logits, its confident set, and the labelling head trained "
      "on it with its probabilities.")
     before = nola_logits(clip, None, T, pixels, norm)                              # step 1: the description classifier
     k = cfg.top_k or max(1, len(pixels) // (5 * len(T)))
     idx, y = confident_topk(before.softmax(-1), k)                                  # step 2
-    head, head_loss = fit_head(ssl, spx, idx, y, T.to(clip.device), clip.logit_scale, cfg)
+    head, head_loss = fit_head(ssl, spx, idx, y, T.to(clip.device), clip.logit_scale, cfg, history)
     return before, k, idx, y, head, head_loss, head_probs(ssl, head, spx)
 
 def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabeled `ImageSet`
@@ -219,6 +222,7 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
              out=None, resume:bool=False, on_step=None, cache=None,
              gen:dict=None, # text generation options for a language model (see `class_embeddings`)
              dist:Dist=None, # the process group (None: made from `cfg`; several processes when launched by accelerate)
+             history=None, # `history.csv`: the head's steps, then the prompts' (loss, mask, agreement, lr, seconds)
             )->dict:
     "NoLA's three steps on `ds`; returns the class embeddings, both labellings, the prompts, logits and history."
     from latteclip.dino import load_ssl
@@ -231,7 +235,8 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
     norm = normalizer(clip)
     N, s = len(ds), clip.logit_scale
     spx = pixels if ssl.size == clip.image_size else torch.from_numpy(load_pixels(ds, ssl.size))
-    before, k, idx, y, head, head_loss, hp = _labelling(clip, ssl, T, pixels, spx, norm, cfg)
+    before, k, idx, y, head, head_loss, hp = _labelling(clip, ssl, T, pixels, spx, norm, cfg,
+                                                        history if dist.is_main else None)
     for p in model.parameters(): p.requires_grad_(False)
     bs = min(cfg.batch_size, N)
     total = cfg.epochs * max(1, N // bs)
@@ -267,7 +272,7 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
                    NoLAHistory(head_loss=head_loss),
                    extra=lambda: {"__prompts__": prompts.prompts}, restore=restore,
                    load_hist=lambda d: NoLAHistory(**{**d, "head_loss": head_loss}), out=out, resume=resume,
-                   on_step=on_step, train_mode=False)
+                   on_step=on_step, train_mode=False, history=history, columns=("loss", "mask", "agreement"))
     for p in model.parameters(): p.requires_grad_(True)
     model.eval()
     clip.clear_text_cache()
@@ -279,12 +284,12 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
 def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=False, on_step=None, cache=None,
              gen:dict=None,
              # the process group (see `fit_nola`); in a launched group only the first process returns the results
-             dist=None,
+             dist=None, history=None, # `history.csv` (see `fit_nola`)
             )->dict:
     "NoLA end to end on `ds`; with labels, the accuracy of every stage (overall and per class)."
     from latteclip.zeroshot import scores, zeroshot
     from sklearn.metrics import recall_score
-    r = fit_nola(clip, ds.unlabeled(), cfg, ssl, out, resume, on_step, cache, gen, dist)
+    r = fit_nola(clip, ds.unlabeled(), cfg, ssl, out, resume, on_step, cache, gen, dist, history)
     if dist is not None and not dist.is_main: return None
     if ds.has_labels:
         y, C = np.asarray(ds.labels), len(ds.classes)
@@ -302,6 +307,8 @@ def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=Fals
 from pathlib import Path
 from .methods import Method, RunContext, register
 from .report import write_report
+from .artifact import Classifier, register_head
+from .models import encode_images
 from .texts import TextGen
 from .texts import TextCache
 from .zeroshot import write_run
@@ -339,10 +346,13 @@ def _run_nola(ctx:RunContext)->dict:
     "NoLA end to end, with every stage's accuracy when the data has labels and `pseudo_labels.csv`."
     cfg, ds, clip, out = ctx.cfg, ctx.ds, ctx.clip, ctx.out
     r = run_nola(clip, ds, cfg, out=Path(out) / "checkpoints", resume=ctx.resume, cache=ctx.prepared, gen=cfg.gen(),
-                 dist=ctx.dist)
+                 dist=ctx.dist, history=Path(out) / "history.csv")
     if r is None: return None                                                 # not the first of several processes
+    clf = Classifier("nola", ds.classes, clip.logit_scale, {"weights": r["T"].float().cpu(),
+                                                             "prompts": r["prompts"].prompts.detach().cpu()},
+                     kind="visual-prompts")
     with run_files(out) as f:                                                 # the run's files: all of them or none
-        m = write_run(out, "nola", ds, clip, r["logits_after"], time.time() - ctx.t0,
+        m = write_run(out, "nola", ds, clip, r["logits_after"], time.time() - ctx.t0, head=clf, eval_ds=ctx.eval_ds,
                       zeroshot_top1=r.get("zeroshot_top1"), descriptor_top1=r.get("descriptor_top1"),
                       topk_top1=r.get("topk_top1"), head_top1=r.get("head_top1"),
                       descriptor_per_class=r.get("descriptor_per_class"), head_per_class=r.get("head_per_class"),
@@ -351,6 +361,16 @@ def _run_nola(ctx:RunContext)->dict:
         _write_nola_labels(f("pseudo_labels.csv"), ds, r)
         write_report(out, m)
     return m
+
+@torch.no_grad()
+def prompted_logits(clf:Classifier, clip, ds, batch_size:int=256)->torch.Tensor:
+    "NoLA's head: the image features with the visual prompts `clf.tensors['prompts']`, against the class embeddings."
+    vp = VisualPrompts(clip.model.visual, len(clf.tensors["prompts"])).to(clip.device)
+    vp.prompts.copy_(clf.tensors["prompts"])
+    with vp.attached(clip.model.visual): f = encode_images(clip, ds, batch_size)
+    return clf.logit_scale * f @ clf.tensors["weights"].float().T
+
+register_head("visual-prompts", prompted_logits)
 
 def _nola_summary(m:dict)->str:
     return (f"zero-shot top-1 {m['zeroshot_top1']}% -> descriptions {m['descriptor_top1']}%, DINO labelling network "

@@ -155,5 +155,6 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
                loss=lambda inputs, idx, mine, j: (step_fn(inputs[0][mine], inputs[1][mine]), None),
                record=lambda l, aux, idx, mine, j: l.item(), summarise=lambda micro: (float(np.mean(micro)),),
                end_epoch=end_epoch, hist=hist, restore=model.load_state_dict, out=out, resume=resume,
-               begin_epoch=begin_epoch, after_step=lambda: clamp_logit_scale(model), stop_after=stop_after)
+               begin_epoch=begin_epoch, after_step=lambda: clamp_logit_scale(model), stop_after=stop_after,
+               history=out / "history.csv", say=False)
     return finish_pretraining(hist, out, "pretrain.json", model.state_dict(), TINY, epochs=epochs, seed=seed)

@@ -117,7 +117,7 @@ def pretrain_dino(
                lambda idx, g: dino.batch(idx, g, tr_px), dino.loss, dino.record,
                summarise=lambda micro: (float(np.mean(micro)),), end_epoch=end_epoch, hist=hist, extra=dino.extra,
                restore=dino.restore, out=out, resume=resume, before_step=dino.before_step, clip_grad=3.0,
-               after_step=dino.after_step, stop_after=stop_after)
+               after_step=dino.after_step, stop_after=stop_after, history=out / "history.csv", say=False)
     log = finish_pretraining(hist, out, "dino.json", teacher[0].state_dict(), DINO_TINY, epochs=epochs, seed=seed,
                              method="DINO")
     if target is not None and "weights" in log:

@@ -9,17 +9,19 @@ from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from .core import LatteError, check_settings, out_dir, write_json, run_files
 from .data import open_data
-from .models import templates_for, TEMPLATE
+from .models import templates_for, TEMPLATE, zeroshot_classifier, encode_texts
+from .artifact import Classifier
 from .pseudolabels import pseudo_labels
 from .texts import synthetic_texts, AttributeDescriber, JsonlDescriber, TextCache, Texts, TextGen
 from .train import TrainConfig, finetune, predict
 from .distributed import rank
+from .loop import tracker_kinds
 from .zeroshot import write_run, scores, zeroshot, rows_to_markdown, finish_figure
-from .methods import Method, RunContext, register, run_method, get, group, load, settings_of, RUN_ARGS
+from .methods import Method, RunContext, register, run_method, get, group, load, settings_of, RUN_ARGS, run_config
 
 # %% auto 0
-__all__ = ['VARIANTS', 'make_describer', 'LatteCLIPSettings', 'ZeroShotSettings', 'save_run', 'write_report', 'table_cols',
-           'method_list', 'split_settings', 'compare', 'plot_table']
+__all__ = ['VARIANTS', 'make_describer', 'LatteCLIPSettings', 'ZeroShotSettings', 'save_run', 'write_report', 'read_history',
+           'table_cols', 'method_list', 'split_settings', 'compare', 'plot_table']
 
 # %% ../nbs/16_report.ipynb 5
 def make_describer(spec:str,
@@ -77,7 +79,9 @@ def save_run(out, # the run's folder
 def _run_zeroshot(ctx:RunContext)->dict:
     "Zero-shot CLIP: the run's files from the frozen model's logits."
     logits = zeroshot(ctx.clip, ctx.ds, ctx.cfg.templates, ctx.cfg.batch_size)
-    return save_run(ctx.out, "zeroshot", ctx.ds, ctx.clip, logits, ctx.t0,
+    W = zeroshot_classifier(ctx.clip, ctx.ds.classes, ctx.cfg.templates)                  # the head: (K, D)
+    clf = Classifier(ctx.method.name, ctx.ds.classes, ctx.clip.logit_scale, {"weights": W})
+    return save_run(ctx.out, "zeroshot", ctx.ds, ctx.clip, logits, ctx.t0, head=clf, eval_ds=ctx.eval_ds,
                     templates=templates_for(ctx.cfg.templates), seed=ctx.seed)
 
 def _latteclip_check(cfg:LatteCLIPSettings)->tuple:
@@ -112,11 +116,15 @@ def _run_latteclip(ctx:RunContext)->dict:
         texts = synthetic_texts(train, pl.labels, desc, cache, cfg.groups_per_class, seed=ctx.seed)
     else: texts = _class_texts(ds, pl.labels)
     evaluate = _evaluator(train, texts, ds.labels, K, cfg.classifier) if ds.has_labels else None
-    P, hist = finetune(clip, train, pl.labels, texts, cfg, out / "checkpoints", ctx.resume, evaluate, dist=dist)
+    P, hist = finetune(clip, train, pl.labels, texts, cfg, out / "checkpoints", ctx.resume, evaluate, dist=dist,
+                       history=out / "history.csv")
     if not dist.is_main: return None                                    # the first process evaluates and writes the run
     preds = [e.pop("_pred").tolist() for e in hist.eval if "_pred" in e]
     logits = predict(clip, train, texts, P)
     primary = logits.get(cfg.classifier, logits["text"])
+    kind = cfg.classifier if cfg.classifier in logits else "text"
+    W = P.P.cpu() if kind == "prototypes" else encode_texts(clip, texts.class_texts, cache=False)   # the head: (K, D)
+    clf = Classifier(ctx.method.name, ds.classes, clip.logit_scale, {"weights": W}, meta=dict(classifier=kind))
     from latteclip.explore import write_explore, final_mixer_weights
     data = ctx.data
     spec = str(Path(data).expanduser().resolve()) if data and Path(str(data)).expanduser().exists() else data
@@ -124,13 +132,14 @@ def _run_latteclip(ctx:RunContext)->dict:
     top1 = {k: scores(v.argmax(1).numpy(), ds.labels, K)["top1"] for k, v in logits.items()}
     extra = dict(zeroshot_top1=zs["top1"], zeroshot_per_class_mean=zs["per_class_mean"],
                  top1_text=top1["text"], top1_prototypes=top1.get("prototypes"),
-                 classifier=cfg.classifier if "prototypes" in logits else "text", describer=getattr(desc, "id", None),
+                 classifier=kind, describer=getattr(desc, "id", None),
                  text_calls=getattr(texts, "calls", 0), seed=ctx.seed,
                  config={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                  history=dict(loss=hist.loss, seconds=hist.seconds, agreement=hist.agreement, eval=hist.eval))
     with run_files(out):                                                      # explore.json, metrics.json...: together
         write_explore(out, ds, pl.labels, texts, weights, preds, spec)
-        m = write_run(out, ctx.method.name, ds, clip, primary, time.time() - ctx.t0, **extra)
+        m = write_run(out, ctx.method.name, ds, clip, primary, time.time() - ctx.t0, head=clf, eval_ds=ctx.eval_ds,
+                      **extra)
         write_report(out, m, hist)
     return m
 
@@ -174,21 +183,40 @@ def _report_rows(m:dict)->list:
     scalar = lambda v: v is None or isinstance(v, (int, float, str))
     return [dict(metric=k, value=m.get(k)) for k in dict.fromkeys(keys) if k in m and scalar(m[k])]
 
-def _plot_curves(hist, m:dict, path):
-    "Training loss and, when the data has labels, top-1 per epoch."
+def read_history(path)->list:
+    "The rows of a run's `history.csv` (one per training step), or `[]` when there is none."
+    import csv
+    if not Path(path).is_file(): return []
+    with open(path, newline="") as fh: return list(csv.DictReader(fh))
+
+def _plot_curves(rows:list, hist, m:dict, path):
+    ("Each stage's training loss per step (its epoch means as dots) from `history.csv`, and, when the method scored "
+     "every epoch, top-1 per epoch.")
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, 2, figsize=(9, 2.8))
-    ep = range(1, len(hist.loss) + 1)
-    axs[0].plot(ep, hist.loss, marker="o")
-    axs[0].set_xlabel("epoch")
-    axs[0].set_ylabel("training loss")
-    if hist.eval:
-        for k in hist.eval[0]: axs[1].plot(ep, [e[k] for e in hist.eval], marker="o", label=f"{k} classifier")
-        if m.get("zeroshot_top1") is not None:
-            axs[1].axhline(m["zeroshot_top1"], color="gray", ls="--", label="zero-shot")
-        axs[1].set_xlabel("epoch")
-        axs[1].set_ylabel("top-1 (%)")
-        axs[1].legend(fontsize=7)
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    evals = getattr(hist, "eval", None)
+    fig, axs = plt.subplots(1, len(stages) + bool(evals), figsize=(4.5 * (len(stages) + bool(evals)), 2.8),
+                            squeeze=False)
+    for ax, s in zip(axs[0], stages):
+        rs = [r for r in rows if r["stage"] == s]
+        key = next(c for c in rs[0] if c not in ("stage", "epoch", "step", "lr", "seconds") and rs[0][c] != "")
+        x, y = [int(r["step"]) for r in rs], [float(r[key]) for r in rs]
+        ax.plot(x, y, lw=0.8, alpha=0.6, label="step")
+        ends = {}
+        for r, v in zip(rs, y): ends.setdefault(r["epoch"], []).append((int(r["step"]), v))
+        ax.plot([max(p[0] for p in e) for e in ends.values()], [sum(p[1] for p in e) / len(e) for e in ends.values()],
+                "o", ms=4, label="epoch mean")
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.set_title(s, fontsize=9)
+        ax.legend(fontsize=7)
+    if evals:
+        ax, ep = axs[0][-1], range(1, len(evals) + 1)
+        for k in evals[0]: ax.plot(ep, [e[k] for e in evals], marker="o", label=f"{k} classifier")
+        if m.get("zeroshot_top1") is not None: ax.axhline(m["zeroshot_top1"], color="gray", ls="--", label="zero-shot")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("top-1 (%)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -197,8 +225,9 @@ def _write_report(f, m:dict, hist=None):
     "The body of `write_report`: its files are written to the paths the `RunFiles` `f` hands out."
     lines = [f"# {m['method']} on {m['dataset']}" + (f" ({m['shift']})" if m.get("shift") else ""), ""]
     lines += [rows_to_markdown(_report_rows(m)), ""]
-    if hist is not None and hist.loss:
-        _plot_curves(hist, m, f("curves.png"))
+    rows = read_history(f.out / "history.csv")                              # every training method's steps
+    if rows:
+        _plot_curves(rows, hist, m, f("curves.png"))
         lines += ["![curves](curves.png)", ""]
     if f.exists("confusion.png"): lines += ["![confusion matrix](confusion.png)", ""]
     if m.get("skipped"):
@@ -207,19 +236,22 @@ def _write_report(f, m:dict, hist=None):
     f("report.md").write_text("\n".join(lines))
 
 # %% ../nbs/16_report.ipynb 12
-def table_cols(methods:list)->list:
-    "The columns of `compare`'s table: top-1 and per-class mean, then the registered `columns` of `methods`."
+def table_cols(methods:list, rows:list=())->list:
+    ("The columns of `compare`'s table: top-1 and per-class mean, held-out top-1 when a row has one, then the "
+     "registered `columns` of `methods`.")
     own = [c for m in methods if m in load() for c in load()[m].columns]
-    return list(dict.fromkeys(["method", "top1", "per_class_mean", *own, "n_images", "seconds"]))
+    held = ["eval_top1"] if any(r.get("eval_top1") is not None for r in rows) else []
+    return list(dict.fromkeys(["method", "top1", "per_class_mean", *held, *own, "n_images", "seconds"]))
 
-def _finished(path, ds, shift, kw)->dict|None:
-    "The metrics of a finished run in `path` made on the same data, shift, model and seed, else None."
-    f = Path(path) / "metrics.json"
-    if not f.exists(): return None
-    m = json.loads(f.read_text())
-    same = (m.get("dataset") == ds.name and m.get("shift") == (str(ds.shift) if ds.shift else None)
-            and m.get("model") == kw.get("model", "latteclip-tiny") and m.get("seed", 0) == kw.get("seed", 0))
-    return m if same else None
+def _finished(path, config:dict)->dict|None:
+    ("The metrics of the finished run in `path` when its `config.json` equals `config` (every setting and the "
+     "package version), else None.")
+    f, c = Path(path) / "metrics.json", Path(path) / "config.json"
+    if not (f.is_file() and c.is_file()): return None
+    plain = lambda c: {k: v for k, v in c.items() if k != "report_to"} if isinstance(c, dict) else c   # not a result's
+    try: same, m = plain(json.loads(c.read_text())) == plain(config), json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError): return None
+    return m if same and isinstance(m, dict) else None
 
 def method_list(methods)->list:
     "`methods` as a list of registered names: a comma-separated string, a list, `all` or `ablation`."
@@ -243,31 +275,35 @@ def split_settings(methods:list, kw:dict)->dict:
     return {m: {**run, **{k: v for k, v in given.items() if k in own[m]}} for m in methods}
 
 def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
-            reuse:bool=False, # keep a method's finished run in `out/<method>/` (same data, shift, model and seed)
+            reuse:bool=False, # keep a method's finished run in `out/<method>/` when its whole config.json matches
             download:bool=False, ds=None, # an `ImageSet` already open (then data, classes and shift are not read)
             **kw, # model, pretrained, seed, device, and settings: each method gets the ones it takes
            )->list:
     "Run each method on the same data into `out/<method>/`; write `table.md`, `.json` and `.png`; return the rows."
     methods = method_list(methods)
     per = split_settings(methods, kw)
+    cfgs = {}
+    tracker_kinds(kw.get("report_to"))
     for m in methods:                            # every method's settings and own checks, before any method runs
         method = get(m)
-        cfg = method.config(**settings_of(method, per[m].get("seed", 0), per[m]))
-        if method.check is not None: method.check(cfg)
+        cfgs[m] = method.config(**settings_of(method, per[m].get("seed", 0), per[m]))
+        if method.check is not None: method.check(cfgs[m])
     out = out_dir(out)
     ds = ds if ds is not None else open_data(data, classes, shift, download=download)
     rows, cols = [], ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean",
+                      "eval_top1", "eval_per_class_mean", "eval_auroc",
                       "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "seconds",
                       "peak_rss_mb", "skipped"]
     for m in methods:                            # one staged set each: a method's run and the table with its row
         with run_files(out, f"the previous results in {out / m} and the table in {out}") as f:
-            r = _finished(out / m, ds, shift, kw) if reuse else None
+            run = {k: per[m][k] for k in RUN_ARGS if k in per[m]}
+            r = _finished(out / m, run_config(get(m), cfgs[m], ds, data, classes, **run)) if reuse else None
             if r is not None: print(f"{m}: reusing the finished run in {out / m}")
             else: r = run_method(m, data=data, classes=classes, shift=shift, out=out / m, ds=ds, **per[m])
             if r is None or rank() > 0: continue                      # launched in several processes: the first writes
             rows.append({k: r.get(k) for k in cols})
             write_json(rows, out / "table.json")
-            f("table.md").write_text(rows_to_markdown(rows, table_cols(methods)) + "\n")
+            f("table.md").write_text(rows_to_markdown(rows, table_cols(methods, rows)) + "\n")
             plot_table(rows, f("table.png"))
     return rows
 

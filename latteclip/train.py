@@ -166,6 +166,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              stop_after:int=None, # stop after this epoch (a checkpoint to resume from stays in `out`)
              on_step=None, # optional callback(epoch, step, loss) after each optimizer step (used by the benchmark)
              dist:Dist=None, # the process group (None: made from `cfg`; several processes when launched by accelerate)
+             history=None, # `history.csv`: one row per step (loss, agreement of y_ft with y_zs, lr, seconds)
             )->tuple:
     "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`. SIGINT/SIGTERM stop it with a checkpoint."
     cfg = cfg or TrainConfig()
@@ -218,7 +219,7 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
     hist = fit(cfg.method, N, cfg, model, opt, sched, dist, step_fn, dist_opt, batch, loss, record, summarise,
                end_epoch, hist, extra=lambda: {"__prototypes__": P.P} if P is not None else {}, restore=restore,
                out=out, resume=resume, after_step=lambda: clamp_logit_scale(model), on_step=on_step,
-               stop_after=stop_after)
+               stop_after=stop_after, history=history, columns=("loss", "agreement"))
     model.eval()
     clip.clear_text_cache()
     return P, hist

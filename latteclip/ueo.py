@@ -141,6 +141,7 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
             cfg:UEOConfig=None, on_step=None, # optional callback(epoch, step, loss)
             out=None, resume:bool=False, # checkpoint folder: every epoch, and at the step reached on SIGINT/SIGTERM
             dist:Dist=None, # the process group (None: made from `cfg`; several processes when launched by accelerate)
+            history=None, # `history.csv`: one row per step (loss, sharpen, marginal, lr, seconds)
            )->tuple:
     "Train UEO on `ds`; returns `(PromptLearner, dict(w, logits_before, logits_after, history))`."
     cfg = cfg or UEOConfig()
@@ -192,7 +193,7 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
                lambda h, epoch, parts, seconds: append_means(h, ("loss", "sharpen", "marginal"), parts,
                                                              seconds), UEOHistory(),
                extra=lambda: {"__ctx__": prompts.ctx}, restore=restore, out=out, resume=resume, on_step=on_step,
-               train_mode=False)
+               train_mode=False, history=history, columns=("loss", "sharpen", "marginal"))
     for p in model.parameters(): p.requires_grad_(True)
     model.eval()
     clip.clear_text_cache()
@@ -202,13 +203,13 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
 def run_ueo(clip, ds, # a `Clip` and an `ImageSet` (labels are read only by the evaluation at the end)
             cfg:UEOConfig=None, known=None, n_unknown:int=0, on_step=None, out=None, resume:bool=False,
             # the process group (see `fit_ueo`); in a launched group only the first process returns the results
-            dist=None,
+            dist=None, history=None, # `history.csv` (see `fit_ueo`)
            )->dict:
     "UEO end to end on `ds` with the known classes `known` (see `known_split`); logits and scores before and after."
     from latteclip.zeroshot import scores
     kidx = known_split(ds.classes, known, n_unknown)
     classes = [ds.classes[i] for i in kidx]
-    prompts, r = fit_ueo(clip, ds.unlabeled(), classes, cfg, on_step, out, resume, dist)
+    prompts, r = fit_ueo(clip, ds.unlabeled(), classes, cfg, on_step, out, resume, dist, history)
     if dist is not None and not dist.is_main: return None
     res = dict(known=kidx, known_classes=classes, prompts=prompts, **r)
     if ds.has_labels:                                                                  # evaluation only
@@ -227,6 +228,7 @@ from pathlib import Path
 from .methods import Method, RunContext, register
 from .report import write_report
 from .zeroshot import write_run
+from .artifact import Classifier
 from .core import run_files
 
 @dataclass
@@ -254,7 +256,7 @@ def _run_ueo(ctx:RunContext)->dict:
     "UEO end to end, scored on the known-class images, with `open_set.csv` beside the run's files."
     cfg, ds, clip, out = ctx.cfg, ctx.ds, ctx.clip, ctx.out
     r = run_ueo(clip, ds, cfg, cfg.known_classes, cfg.n_unknown, out=Path(out) / "checkpoints", resume=ctx.resume,
-                dist=ctx.dist)
+                dist=ctx.dist, history=Path(out) / "history.csv")
     if r is None: return None                                                 # not the first of several processes
     names, known = r["known_classes"], "is_known" in r
     if ds.has_labels:                                                         # scored on the known-class images
@@ -263,8 +265,10 @@ def _run_ueo(ctx:RunContext)->dict:
     else: keep, test = list(range(len(ds))), ds.relabel(names)
     h = r["history"]
     msp, pred = r["logits_after"].float().softmax(-1).max(-1)
+    with torch.no_grad(): W = r["prompts"]().float().cpu()                   # the head: class weights of the context
+    clf = Classifier(ctx.method.name, names, clip.logit_scale, {"weights": W})
     with run_files(out) as f:                                                 # the run's files: all of them or none
-        m = write_run(out, ctx.method.name, test, clip, r["logits_after"][keep], time.time() - ctx.t0,
+        m = write_run(out, ctx.method.name, test, clip, r["logits_after"][keep], time.time() - ctx.t0, head=clf, eval_ds=ctx.eval_ds,
                       auroc=r.get("ueo_auroc"), zeroshot_top1=r.get("zeroshot_top1"),
                       zeroshot_per_class_mean=r.get("zeroshot_per_class_mean"),
                       zeroshot_auroc=r.get("zeroshot_auroc"), known_classes=names, n_unlabeled=len(ds),

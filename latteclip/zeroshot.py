@@ -11,9 +11,12 @@ import torch
 from .core import LatteError, out_dir, write_json, run_files, peak_rss_mb, reset_peak_rss, progress
 from .data import open_data, parse_shift, SHIFTS, Shift
 from .models import load_clip, encode_images, zeroshot_classifier, zeroshot_logits, templates_for
+from .artifact import Classifier, write_artifact, labels_for
+from . import __version__
 
 # %% auto 0
-__all__ = ['zeroshot', 'scores', 'finish_figure', 'plot_confusion', 'write_run', 'run_zeroshot', 'robustness', 'rows_to_markdown']
+__all__ = ['zeroshot', 'scores', 'finish_figure', 'plot_confusion', 'held_out', 'write_run', 'run_zeroshot', 'robustness',
+           'rows_to_markdown']
 
 # %% ../nbs/05_zeroshot.ipynb 5
 def zeroshot(clip, ds, # a `Clip` and an `ImageSet`
@@ -55,11 +58,32 @@ def plot_confusion(pred, labels, classes, title="", path=None):
                                             xticks_rotation=90, text_kw=dict(fontsize=6))
     return finish_figure(fig, ax, title, path)
 
+def held_out(clip, head:Classifier, # the adapted model and its head
+             ds, # labelled images the method never saw (classes matched by name)
+             batch_size:int=256)->dict:
+    ("`eval_top1` and `eval_per_class_mean` of `head` on the images of its classes in `ds`; with images of other "
+     "classes, their count and `eval_auroc` of telling them apart by the maximum softmax.")
+    y = np.array(labels_for(ds, head.classes), dtype=int)
+    known = y >= 0
+    logits = head.logits(clip, ds, batch_size)                                 # (N, K)
+    sc = scores(logits[known].argmax(1).numpy(), y[known], len(head.classes))
+    m = dict(eval_top1=sc["top1"], eval_per_class_mean=sc["per_class_mean"], eval_n_images=int(known.sum()))
+    if not known.all():
+        from sklearn.metrics import roc_auc_score
+        msp = logits.float().softmax(-1).max(-1).values.numpy()
+        m.update(eval_n_unknown_images=int((~known).sum()),
+                 eval_auroc=round(100 * roc_auc_score(known, msp), 2) if known.any() else None)
+    return m
+
 def write_run(out, # output folder
               method:str, ds, clip, # method name, the `ImageSet`, the `Clip`
               logits:torch.Tensor, # (N, K) final logits
-              seconds:float, **extra)->dict:
-    "Write metrics.json, predictions.csv and the confusion plot of a finished run (all or none); return the metrics."
+              seconds:float,
+              head:Classifier=None, # the method's head: written with the adapted model as the run's artifact
+              eval_ds=None, # held-out labelled images: the head's `held_out` scores join the metrics
+              **extra)->dict:
+    ("Write metrics.json, predictions.csv and the confusion plot of a finished run, and with `head` its "
+     "adapted model and head (all or none); return the metrics.")
     out = out_dir(out)
     prob = logits.float().softmax(-1)
     conf, pred = prob.max(-1)
@@ -68,6 +92,7 @@ def write_run(out, # output folder
              n_images=len(ds), n_classes=len(ds.classes), **scores(pred.numpy(), ds.labels, len(ds.classes)),
              seconds=round(seconds, 2), peak_rss_mb=peak_rss_mb(),
              skipped=[dict(path=k, reason=r) for k, r in ds.skipped], **extra)
+    if eval_ds is not None and head is not None: m.update(held_out(clip, head, eval_ds))
     title = f"{method} on {ds.name}" + (f" ({ds.shift})" if ds.shift else "")
     with run_files(out) as f:                                  # staged: the old run's files stay until all are written
         with open(f("predictions.csv"), "w", newline="") as fh:
@@ -87,6 +112,7 @@ def write_run(out, # output folder
             fig.tight_layout()
             fig.savefig(f("predictions.png"), dpi=90)
             plt.close(fig)
+        if head is not None: write_artifact(out, clip, head, version=__version__)
         write_json(m, out / "metrics.json")
     return m
 

@@ -94,7 +94,7 @@ def zeroshot_ref(small_tree, tmp_path_factory):
 
 @pytest.mark.parametrize("room", ["nothing", "a few KB", "all but a page"])
 def test_zeroshot_run_on_a_full_disk_keeps_the_previous_run(small_tree, tmpfs, env, zeroshot_ref, room):
-    mnt = tmpfs(16)
+    mnt = tmpfs(96)                                      # a run writes its 30 MB model too
     r = zeroshot(small_tree, mnt / "run")
     assert r.returncode == 0, r.stderr[-3000:]
     before = snapshot(mnt / "run")
@@ -158,7 +158,7 @@ def test_latteclip_results_that_do_not_fit_leave_the_previous_run(small_tree, tm
 
 @pytest.mark.parametrize("room", ["nothing", "the run but not the table"])
 def test_compare_on_a_full_disk_keeps_the_previous_compare(small_tree, tmpfs, env, room):
-    mnt = tmpfs(16)
+    mnt = tmpfs(96)                                      # a run writes its 30 MB model too
     compare = lambda out, *extra: latteclip("compare", "--methods", "zeroshot", "--data", small_tree, "--out", out,
                                             *extra)
     r = compare(mnt / "c")

@@ -1,7 +1,7 @@
 """Interruptions are real signals to real child processes: SIGKILL during text generation loses no record and
 duplicates none; SIGKILL or SIGTERM during training, then --resume, gives the same final weights as a run that was
 never stopped; a NaN loss stops training and keeps the last good checkpoint."""
-import json, os, random, signal, subprocess, sys, time
+import csv, json, os, random, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
@@ -57,6 +57,12 @@ def train_cmd(tree, out, method, *extra):
             *(["--text-cache", str(out.parent / "texts.jsonl")] if method.startswith("latteclip") else [])]   # UEO: no texts
 
 
+def steps_of(out:Path)->list:
+    "history.csv without its clock: the rows a resumed run must repeat exactly."
+    with open(out / "history.csv", newline="") as fh:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+
+
 def final_weights(out:Path)->dict:
     return load_file(out / "checkpoints" / "checkpoint.safetensors")
 
@@ -93,8 +99,11 @@ def test_training_resume_after_a_signal_is_exact(tree, reference, tmp_path, meth
         assert p.returncode == 130 and "add --resume to go on" in err and "Traceback" not in err, err[-2000:]
         assert state["epoch"] < int(train_cmd(tree, out, method)[9])
     else: assert p.returncode == -signal.SIGKILL and state["epoch"] in (1, 2) and state["step"] == 0
+    then, whole = steps_of(out), steps_of(ref)                                # written while it trained, flushed
+    assert len(then) > 0 and then == whole[:len(then)], "the history of the stopped run is not the reference's start"
     r = subprocess.run(train_cmd(tree, out, method, "--resume"), env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert steps_of(out) == whole                                             # every step once, as in one run
     a, b = final_weights(ref), final_weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     ma, mb = (json.loads((o / "metrics.json").read_text()) for o in (ref, out))
@@ -153,3 +162,4 @@ def test_pretraining_resumes_exactly_inside_an_epoch(tree, tmp_path, sub, name):
     log = "pretrain.json" if sub == "pretrain" else "dino.json"
     la, lb = (json.loads((o / log).read_text()) for o in (tmp_path / "ref", out))
     assert [e["loss"] for e in la["epochs"]] == [e["loss"] for e in lb["epochs"]]
+    assert steps_of(out) == steps_of(tmp_path / "ref")                        # history.csv: every step once

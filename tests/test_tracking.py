@@ -1,0 +1,36 @@
+"""`--report-to tensorboard`: every training step's scalars through accelerate's TensorBoard tracker, read back with
+tensorboard's own reader and equal to `history.csv`; an unknown tracker or a missing package is one sentence."""
+import csv, importlib.util
+import pytest
+from conftest import latteclip
+
+
+def test_report_to_tensorboard_writes_the_steps_scalars(small_tree, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    r = latteclip("run", "--method", "flyp-pseudo", "--data", small_tree, "--epochs", "2", "--batch-size", "20",
+                  "--report-to", "tensorboard", "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    events = sorted((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].parent.name == "flyp-pseudo"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"flyp/loss", "flyp/lr", "metrics/top1", "metrics/zeroshot_top1"} <= tags, tags
+    with open(tmp_path / "run" / "history.csv", newline="") as fh: rows = list(csv.DictReader(fh))
+    loss = acc.Scalars("flyp/loss")
+    assert [e.step for e in loss] == [int(r["step"]) for r in rows] == list(range(1, 7))   # 60 images / 20, 2 epochs
+    assert [e.value for e in loss] == pytest.approx([float(r["loss"]) for r in rows], rel=1e-6)
+    import json
+    assert acc.Scalars("metrics/top1")[0].value == pytest.approx(
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["top1"])
+
+
+@pytest.mark.parametrize("name,words", [("nope", "choose tensorboard or wandb"),
+                                        ("wandb", "needs the wandb package")])
+def test_report_to_an_unknown_tracker_or_a_missing_package(small_tree, tmp_path, name, words):
+    if name == "wandb" and importlib.util.find_spec("wandb") is not None: pytest.skip("wandb is installed here")
+    for cmd in (["run", "--method", "flyp-pseudo"], ["compare", "--methods", "zeroshot,flyp-pseudo"]):
+        r = latteclip(*cmd, "--data", small_tree, "--report-to", name, "--out", tmp_path / "out")
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "out").exists()
