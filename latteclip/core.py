@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 # %% auto 0
 __all__ = ['ASSETS', 'DISK_FULL', 'LatteError', 'check_settings', 'Interrupted', 'StopRequest', 'seed_everything', 'generator',
            'stable_hash', 'seed_from', 'progress', 'default_device', 'peak_rss_mb', 'reset_peak_rss', 'asset',
-           'out_dir', 'disk_full', 'fsync_path', 'torch_save', 'RunFiles', 'run_files', 'write_json']
+           'out_dir', 'disk_full', 'fsync_path', 'torch_save', 'RunFiles', 'run_files', 'staged', 'write_json']
 
 # %% ../nbs/00_core.ipynb 5
 class LatteError(Exception):
@@ -256,6 +256,13 @@ def run_files(out, # the run's folder
                 e.latteclip_kept, e.latteclip_dir = kept or f"the previous results in {out}", str(out)
         raise
     finally: stack.remove(rf)
+
+def staged(path)->Path|None:
+    ("The temporary path `path` is written to while a `run_files` of its folder (or one above) is open, else None: a "
+     "file written during a run (its `history.csv`) then joins the run's files.")
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    outer = next((s for s in reversed(_stages.__dict__.get("stack", [])) if path.parent.is_relative_to(s.out)), None)
+    return None if outer is None else RunFiles(path.parent, outer.staged)(path.name)
 
 def write_json(obj, path):
     "Write `obj` as indented JSON to `path` atomically; inside a `run_files` of its folder it is staged with the run."

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors.torch import save_file, load_file
-from .core import LatteError, Interrupted, StopRequest, progress, generator, out_dir, fsync_path, torch_save
+from .core import LatteError, Interrupted, StopRequest, progress, generator, out_dir, fsync_path, torch_save, staged
 
 # %% auto 0
 __all__ = ['save_checkpoint', 'load_checkpoint', 'check_stop', 'LossStep', 'tracker_kinds', 'tracking', 'StepLog', 'epoch_line',
@@ -23,6 +23,7 @@ def save_checkpoint(out:Path, # the checkpoint folder
                     opt, sched, hist, # the optimiser, the schedule and the method's history (a dataclass)
                     epoch:int, step:int=0, # epochs done, and steps done inside the next one
                     g=None, partial:dict=None, # inside an epoch: its generator and what it has recorded so far
+                    rows:list=None, # the training's `history.csv` rows so far (see `StepLog`)
                    ):
     """Write the weights, then the optimiser state, each to a temporary file synced to the disk, then rename both
     into place. If either cannot be written (a full disk), both temporaries are deleted and the previous
@@ -36,6 +37,7 @@ def save_checkpoint(out:Path, # the checkpoint folder
         fsync_path(ck)
         torch_save(dict(opt=opt.state_dict(), sched=sched.state_dict() if sched is not None else None, epoch=epoch,
                         step=step, tag=tag, g=g.get_state() if g is not None else None, partial=partial or {},
+                        rows=rows or [],
                         hist={k: v for k, v in asdict(hist).items()}), st)
     except BaseException:
         for t in (ck, st): t.unlink(missing_ok=True)
@@ -126,16 +128,20 @@ def tracking(report_to:str, # "tensorboard", "wandb", both comma-separated, or N
 
 class StepLog:
     "A training's `history.csv`: one row per optimizer step, flushed as it is written (and sent to the trackers)."
-    def __init__(self, path, # the CSV file
+    def __init__(self, path, # the CSV file (inside a run: its staged temporary, renamed with the run's other files)
                  stage:str, columns:tuple=("loss",), # the stage's name; the names of its step records' items
                  keep_to:int=0, # resuming: the stage's rows up to this step stay (its later ones go)
+                 rows:list=None, # resuming: the stage's rows the checkpoint saved (else those in the file)
                 ):
-        self.path, self.stage, self.columns = Path(path), stage, tuple(columns)
+        self.stage, self.columns = stage, tuple(columns)
+        self.path = staged(path) or Path(path)
         old = []
         if self.path.is_file():
             with open(self.path, newline="") as fh: old = [r for r in csv.DictReader(fh) if None not in r.values()]
         mine = lambda r: r.get("stage") == stage
+        if rows is not None: old = [r for r in old if not mine(r)] + [r for r in rows if mine(r)]
         rows = [r for r in old if not mine(r) or int(r.get("step") or 0) <= keep_to]
+        self.mine = [r for r in rows if mine(r)]                              # what a checkpoint saves
         kept = [float(r["seconds"]) for r in rows if mine(r) and r.get("seconds")]
         self.t0 = time.time() - (kept[-1] if kept else 0.)                     # seconds go on from the checkpoint
         self.fields = list(dict.fromkeys(["stage", "epoch", "step", *self.columns, "lr", "seconds",
@@ -149,9 +155,11 @@ class StepLog:
             record:tuple, lr:float=None):
         "Write one step's row and flush it."
         vals = {c: _scalar(v) for c, v in zip(self.columns, record)}
-        self.w.writerow(dict(stage=self.stage, epoch=epoch + 1, step=step, lr="" if lr is None else f"{lr:.6g}",
-                             seconds=round(time.time() - self.t0, 3), **vals))
+        row = dict(stage=self.stage, epoch=epoch + 1, step=step, lr="" if lr is None else f"{lr:.6g}",
+                   seconds=round(time.time() - self.t0, 3), **vals)
+        self.w.writerow(row)
         self.fh.flush()
+        self.mine.append({k: str(v) for k, v in row.items()})
         tag = self.stage.replace(" ", "_")
         scalars = {f"{tag}/{k}": v for k, v in {**vals, "lr": lr}.items() if v not in ("", None)}
         for t in _TRACKERS.get(): t.log(scalars, step=step)
@@ -229,10 +237,10 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
     if resume and out is not None and (out / "state.pt").exists():
         start, state, hist = _resume(out, opt, sched, hist, restore, load_hist)
     last_good = start if out is not None and (out / "state.pt").exists() else None
-    log = (StepLog(history, name, columns, start * steps + state.get("step", 0))
+    log = (StepLog(history, name, columns, start * steps + state.get("step", 0), state.get("rows"))
            if history is not None and dist.is_main else None)
     def save(*at):
-        if dist.is_main: save_checkpoint(out, model, extra(), opt, sched, hist, *at)
+        if dist.is_main: save_checkpoint(out, model, extra(), opt, sched, hist, *at, rows=log.mine if log else None)
     def one_step(epoch, idx, g, parts):                                # the global batch, the same in every process
         if before_step is not None: before_step(epoch, len(parts))
         inputs = batch(idx, g)
@@ -253,7 +261,7 @@ def fit(name:str, # in progress bars and messages: `{name} epoch 3/10`
         if after_step is not None: after_step()
         parts.append(summarise(micro))
         return lr
-    with StopRequest() as stop, (log.fh if log is not None else __import__("contextlib").nullcontext()):
+    with StopRequest() as stop, (log.fh if log is not None else contextlib.nullcontext()):
         for epoch in range(start, cfg.epochs):
             if train_mode: model.train()
             t0, parts, done = time.time(), [], 0

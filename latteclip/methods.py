@@ -200,7 +200,6 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
         if hasattr(cfg, "batch_size"): dist.check_batch(min(cfg.batch_size, len(ds)))   # an even split, checked now
     clip = load_clip(model, pretrained, device)
     out = out_dir(out or f"runs/{method}")                                    # made once data and model are good
-    if not resume: (out / "history.csv").unlink(missing_ok=True)              # the history of this run only
     ctx = RunContext(m, cfg, ds, clip, out, t0, seed, resume, data, dist, prepared, ev)
     with tracking(report_to, method, out) as trackers, run_files(out) as f:   # config.json with the run's files
         r = m.run(ctx)

@@ -225,7 +225,8 @@ def _write_report(f, m:dict, hist=None):
     "The body of `write_report`: its files are written to the paths the `RunFiles` `f` hands out."
     lines = [f"# {m['method']} on {m['dataset']}" + (f" ({m['shift']})" if m.get("shift") else ""), ""]
     lines += [rows_to_markdown(_report_rows(m)), ""]
-    rows = read_history(f.out / "history.csv")                              # every training method's steps
+    h = f.out / "history.csv"                                               # the steps of this run's training
+    rows = read_history(f("history.csv")) if h in f.staged else []
     if rows:
         _plot_curves(rows, hist, m, f("curves.png"))
         lines += ["![curves](curves.png)", ""]
