@@ -5,19 +5,20 @@
 # %% ../nbs/09_methods.ipynb 2
 from __future__ import annotations
 import json, time
+import torch
 from dataclasses import dataclass, field, fields, is_dataclass, asdict, MISSING
 from pathlib import Path
 from typing import Callable
 from fastcore.docments import docments
 from .core import LatteError, out_dir, seed_everything, reset_peak_rss, default_device, run_files
-from .data import open_data, NeedsClasses
+from .data import open_data, NeedsClasses, EMBEDDED
 from .models import load_clip
 from .distributed import Dist, process_group
 from .loop import tracking, tracker_kinds
 
 # %% auto 0
-__all__ = ['RUN_ARGS', 'Method', 'RunContext', 'flag_name', 'setting_rows', 'register', 'load', 'get', 'group', 'settings_of',
-           'open_eval', 'run_config', 'run_method']
+__all__ = ['RUN_ARGS', 'DEFAULT_HOLDOUT', 'Method', 'RunContext', 'flag_name', 'setting_rows', 'register', 'load', 'get', 'group',
+           'settings_of', 'open_eval', 'holdout_for', 'split_holdout', 'check_holdout', 'run_config', 'run_method']
 
 # %% ../nbs/09_methods.ipynb 5
 @dataclass
@@ -128,7 +129,7 @@ def group(name:str)->list:
     return [m for m, v in load().items() if name in v.groups]
 
 # %% ../nbs/09_methods.ipynb 12
-RUN_ARGS = ("model", "pretrained", "seed", "device", "eval_data", "eval_shift", "report_to")   # every run's (`run_method`)
+RUN_ARGS = ("model", "pretrained", "seed", "device", "eval_data", "eval_shift", "holdout", "report_to")   # every run's (`run_method`)
 
 def settings_of(method:Method, seed:int, settings:dict)->dict:
     ("The settings `method` is given: those set (not None), the run's seed where it takes one; the run's own "
@@ -154,10 +155,38 @@ def open_eval(eval_data, eval_shift, ds):
         raise LatteError(no_labels)
     return ev
 
+DEFAULT_HOLDOUT = 1000   # of the embedded default's 5,000 images: 4,000 to adapt on, 1,000 held out
+
+def holdout_for(holdout:int|None, data=None, eval_data=None, ds=None)->int:
+    ("`--holdout` as a number: None means `DEFAULT_HOLDOUT` for the embedded default (no `--eval-data`, no "
+     "`ImageSet` given), else 0.")
+    if holdout is not None: return holdout
+    embedded = ds is None and data in (None, "", "embedded", EMBEDDED) and eval_data in (None, "")
+    return DEFAULT_HOLDOUT if embedded else 0
+
+def split_holdout(ds, n:int, seed:int)->tuple:
+    ("`ds` split with `seed` into the images to adapt on and the `n` held out, each in its original order, without "
+     "reading a label (the held-out images keep theirs, for scoring only).")
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+    return ds.subset(sorted(perm[n:])), ds.subset(sorted(perm[:n]))
+
+def check_holdout(n, ds, eval_data=None):
+    "Say in one sentence why `n` images of `ds` cannot be held out, if they cannot."
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise LatteError(f"--holdout must be a whole number of images, at least 0 (got {n!r}).")
+    if n and eval_data not in (None, ""):
+        raise LatteError("--holdout and --eval-data both name the held-out images: give one of them.")
+    if n and not ds.has_labels:
+        raise LatteError(f"--holdout {n} needs labelled --data (one sub-folder per class): the held-out images are "
+                         "scored with their labels.")
+    if n and len(ds) - n < 2:
+        raise LatteError(f"--holdout {n} leaves {max(len(ds) - n, 0)} of the {len(ds)} images to adapt on: hold out "
+                         f"at most {len(ds) - 2}.")
+
 def run_config(method:Method, cfg, # the method and its settings (a dataclass)
                ds, data=None, classes=None, # the opened `ImageSet`, and `--data`/`--classes` as given
                model:str="latteclip-tiny", pretrained:str=None, seed:int=0, device=None,
-               eval_data=None, eval_shift=None, report_to=None)->dict:
+               eval_data=None, eval_shift=None, report_to=None, holdout:int=0)->dict:
     ("Every setting of a run, as its `config.json` holds them: `latteclip run --config` runs it again, `compare "
      "--reuse` reuses a run only when this and the package version match.")
     from latteclip import __version__
@@ -166,7 +195,7 @@ def run_config(method:Method, cfg, # the method and its settings (a dataclass)
     return dict(version=__version__, method=method.name, data=spec, classes=list(classes) if classes else None,
                 shift=str(ds.shift) if ds.shift else "none", dataset=ds.name, n_images=len(ds), model=model,
                 pretrained=pretrained, seed=seed, device=str(device) if device is not None else None,
-                eval_data=_spec(eval_data), eval_shift=eval_shift, report_to=report_to,
+                eval_data=_spec(eval_data), eval_shift=eval_shift, holdout=holdout, report_to=report_to,
                 settings={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()})
 
 def run_method(method:str="latteclip", # a registered method (see `load`)
@@ -175,6 +204,8 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
                out=None, # the run's folder (default: runs/<method>)
                seed:int=0, device=None, resume:bool=False, download:bool=False,
                eval_data=None, eval_shift=None, # labelled held-out images, scored at the end (see `open_eval`)
+               holdout:int=None, # images of the data held out with the seed and scored at the end (None: 1,000 of
+                                 # the embedded default, else 0; see `holdout_for`)
                report_to:str=None, # "tensorboard" and/or "wandb": every step's scalars also go there (see `tracking`)
                ds=None, # an `ImageSet` already open (then data, classes, shift and download are not read)
                **settings, # the method's settings (None: its default); one it does not take is refused
@@ -189,9 +220,14 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
     seed_everything(seed)
     reset_peak_rss()                                                           # peak_rss_mb: this run's own
     prepared = m.check(cfg) if m.check is not None else None
-    ds = ds if ds is not None else open_data(data, classes, shift, download=download)
+    holdout = holdout_for(holdout, data, eval_data, ds)
+    full = ds = ds if ds is not None else open_data(data, classes, shift, download=download)
+    check_holdout(holdout, ds, eval_data)
+    if holdout:                                                                # adapt on the rest, score on these
+        ds, ev = split_holdout(full, holdout, seed)
+        if eval_shift is not None: ev = ev.with_shift(eval_shift)
+    else: ev = open_eval(eval_data, eval_shift, ds)
     if m.check_data is not None: m.check_data(cfg, ds)
-    ev = open_eval(eval_data, eval_shift, ds)
     pg = process_group(device)                                                 # several processes: join the group first
     if pg is not None and not m.data_parallel and not pg.is_main_process: return None
     dist = None
@@ -204,8 +240,8 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
     with tracking(report_to, method, out) as trackers, run_files(out) as f:   # config.json with the run's files
         r = m.run(ctx)
         if r is not None:
-            config = run_config(m, cfg, ds, data, classes, model, pretrained, seed, device, eval_data, eval_shift,
-                                report_to)
+            config = run_config(m, cfg, full, data, classes, model, pretrained, seed, device, eval_data, eval_shift,
+                                report_to, holdout)
             f("config.json").write_text(json.dumps(config, indent=2) + "\n")
             final = {f"metrics/{k}": v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             for t in trackers: t.log(final, step=0)

@@ -17,7 +17,8 @@ from .train import TrainConfig, finetune, predict
 from .distributed import rank
 from .loop import tracker_kinds
 from .zeroshot import write_run, scores, zeroshot, rows_to_markdown, finish_figure
-from .methods import Method, RunContext, register, run_method, get, group, load, settings_of, RUN_ARGS, run_config
+from .methods import (Method, RunContext, register, run_method, get, group, load, settings_of, RUN_ARGS, run_config,
+                               holdout_for, check_holdout)
 
 # %% auto 0
 __all__ = ['VARIANTS', 'make_describer', 'LatteCLIPSettings', 'ZeroShotSettings', 'save_run', 'write_report', 'read_history',
@@ -282,6 +283,7 @@ def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
            )->list:
     "Run each method on the same data into `out/<method>/`; write `table.md`, `.json` and `.png`; return the rows."
     methods = method_list(methods)
+    kw["holdout"] = holdout_for(kw.get("holdout"), data, kw.get("eval_data"), ds)   # the same images held out for all
     per = split_settings(methods, kw)
     cfgs = {}
     tracker_kinds(kw.get("report_to"))
@@ -289,8 +291,9 @@ def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
         method = get(m)
         cfgs[m] = method.config(**settings_of(method, per[m].get("seed", 0), per[m]))
         if method.check is not None: method.check(cfgs[m])
-    out = out_dir(out)
     ds = ds if ds is not None else open_data(data, classes, shift, download=download)
+    check_holdout(kw["holdout"], ds, kw.get("eval_data"))
+    out = out_dir(out)                                                         # made once data and hold-out are good
     rows, cols = [], ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean",
                       "eval_top1", "eval_per_class_mean", "eval_auroc",
                       "zeroshot_top1", "top1_text", "top1_prototypes", "auroc", "zeroshot_auroc", "seconds",

@@ -153,9 +153,9 @@ def _forward(model, bank, P, cfg, dist):
     def forward(x, idx, y, pick):
         with dist.autocast():
             f = model.encode_image(x, normalize=True)                              # (b, D)
-            if cfg.method == "flyp": return flyp_loss(model, f, y, bank, gather), None, None, None
+            if cfg.method == "flyp": return flyp_loss(model, f, y, bank, gather), None, None, None, {}
             loss, parts, mixed, labs, y_ft = latteclip_loss(model, f, idx, y, P, bank, cfg, pick, gather)
-            return loss, mixed, labs, y_ft
+            return loss, mixed, labs, y_ft, parts
     return forward
 
 def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
@@ -166,7 +166,8 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
              stop_after:int=None, # stop after this epoch (a checkpoint to resume from stays in `out`)
              on_step=None, # optional callback(epoch, step, loss) after each optimizer step (used by the benchmark)
              dist:Dist=None, # the process group (None: made from `cfg`; several processes when launched by accelerate)
-             history=None, # `history.csv`: one row per step (loss, agreement of y_ft with y_zs, lr, seconds)
+             history=None, # `history.csv`: one row per step (loss; LatteCLIP: agreement of y_ft with y_zs and the
+                           # loss's two terms, loss_ft and loss_zs; lr, seconds)
             )->tuple:
     "Fine-tune `clip` on `ds`; returns `(Prototypes or None, History)`. SIGINT/SIGTERM stop it with a checkpoint."
     cfg = cfg or TrainConfig()
@@ -193,18 +194,20 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
         return norm(x), pick
     def loss(inputs, idx, mine, j):
         x, pick = inputs
-        l, mixed, labs, y_ft = step_fn(x[mine].to(dev), idx[mine], y_zs[idx[mine]].to(dev),
-                                       pick[mine] if pick is not None else None)
-        return l, (mixed, labs, y_ft)
+        l, mixed, labs, y_ft, parts = step_fn(x[mine].to(dev), idx[mine], y_zs[idx[mine]].to(dev),
+                                              pick[mine] if pick is not None else None)
+        return l, (mixed, labs, y_ft, parts)
     def record(l, aux, idx, mine, j):
         if P is None: return l.item(), None
-        mixed, labs, y_ft = aux                                                  # every process: the same global update
+        mixed, labs, y_ft, parts = aux                                           # every process: the same global update
         P.update(dist.gather(mixed.float()), dist.gather(labs))
-        return l.item(), dist.mean((y_ft.cpu() == y_zs[idx[mine]]).float().mean().item())
-    def summarise(micro):                                       # the step's loss, and its micro-batches' agreement
-        return sum(l / dist.grad_accum for l, _ in micro), [a for _, a in micro if a is not None]
+        return (l.item(), dist.mean((y_ft.cpu() == y_zs[idx[mine]]).float().mean().item()), parts.get("ft"),
+                parts.get("zs"))
+    def summarise(micro):                   # the step's loss; its micro-batches' agreements and loss terms (LatteCLIP)
+        each = lambda i: [r[i] for r in micro if len(r) > i and r[i] is not None]
+        return (sum(r[0] / dist.grad_accum for r in micro), each(1), *((each(2), each(3)) if P is not None else ()))
     def end_epoch(h, epoch, parts, seconds):
-        agree = [a for _, step_agree in parts for a in step_agree]           # fraction of y_ft == y_zs, per micro-batch
+        agree = [a for p in parts for a in p[1]]                             # fraction of y_ft == y_zs, per micro-batch
         h.loss.append(float(np.mean([p[0] for p in parts])))
         h.seconds.append(round(seconds, 2))
         h.agreement.append(float(np.mean(agree)) if agree else None)
@@ -219,7 +222,8 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
     hist = fit(cfg.method, N, cfg, model, opt, sched, dist, step_fn, dist_opt, batch, loss, record, summarise,
                end_epoch, hist, extra=lambda: {"__prototypes__": P.P} if P is not None else {}, restore=restore,
                out=out, resume=resume, after_step=lambda: clamp_logit_scale(model), on_step=on_step,
-               stop_after=stop_after, history=history, columns=("loss", "agreement"))
+               stop_after=stop_after, history=history,
+               columns=("loss", "agreement", "loss_ft", "loss_zs") if P is not None else ("loss", "agreement"))
     model.eval()
     clip.clear_text_cache()
     return P, hist

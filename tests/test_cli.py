@@ -20,9 +20,11 @@ def test_zero_shot_on_embedded_fog(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert FIELDS <= set(m) and m["method"] == "zeroshot" and m["dataset"] == "cifar10-target" and m["shift"] == "fog:5"
-    assert m["n_images"] == 5000 and m["n_classes"] == 10 and 10 < m["top1"] < 100 and m["skipped"] == []
+    assert m["n_images"] == 4000 and m["n_classes"] == 10 and 10 < m["top1"] < 100 and m["skipped"] == []
+    assert m["eval_n_images"] == 1000 and 10 < m["eval_top1"] < 100         # the embedded default holds 1,000 out
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["holdout"] == 1000
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
-    assert len(rows) == 5000 and set(rows[0]) == {"path", "prediction", "confidence", "label"}
+    assert len(rows) == 4000 and set(rows[0]) == {"path", "prediction", "confidence", "label"}
     acc = np.mean([r["prediction"] == r["label"] for r in rows]) * 100
     assert abs(acc - m["top1"]) < 0.01
     assert (tmp_path / "out" / "confusion.png").stat().st_size > 1000

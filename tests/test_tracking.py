@@ -34,3 +34,22 @@ def test_report_to_an_unknown_tracker_or_a_missing_package(small_tree, tmp_path,
         r = latteclip(*cmd, "--data", small_tree, "--report-to", name, "--out", tmp_path / "out")
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_latteclip_logs_each_term_of_its_loss(small_tree, tmp_path):
+    "LatteCLIP's history.csv (and TensorBoard) carry the loss's two terms each step: loss = loss_ft + loss_zs."
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    r = latteclip("run", "--method", "latteclip", "--data", small_tree, "--epochs", "1", "--batch-size", "20",
+                  "--report-to", "tensorboard", "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    assert "loss_ft" in r.stdout and "loss_zs" in r.stdout                  # the epoch line
+    with open(tmp_path / "run" / "history.csv", newline="") as fh: rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and all(r["stage"] == "latteclip" for r in rows)
+    for row in rows:
+        assert float(row["loss"]) == pytest.approx(float(row["loss_ft"]) + float(row["loss_zs"]), rel=1e-5)
+        assert 0 <= float(row["agreement"]) <= 1
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "latteclip"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("latteclip/loss_zs")] == pytest.approx([float(r["loss_zs"]) for r in rows],
+                                                                                 rel=1e-6)

@@ -47,4 +47,4 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((work / "run" / "metrics.json").read_text())
-    assert m["method"] == "latteclip" and m["n_images"] == 5000 and m["shift"] == "fog:5" and m["top1"] > m["zeroshot_top1"]
+    assert m["method"] == "latteclip" and m["n_images"] == 4000 and m["eval_n_images"] == 1000 and m["shift"] == "fog:5" and m["top1"] > m["zeroshot_top1"]
