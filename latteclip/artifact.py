@@ -77,7 +77,8 @@ def write_artifact(out, # the run's folder
                    clip, clf:Classifier, # the adapted model and its head
                    **info, # what else `classifier.json` records (the package version, the run's settings)
                   )->Path:
-    "Write `out/model/`, `out/classifier.safetensors` and `out/classifier.json` (with the run's other files, if staged)."
+    ("Write `out/model/`, `out/classifier.safetensors` and `out/classifier.json` (with the run's other files, if "
+     "staged).")
     out = Path(out)
     with run_files(out) as f:
         write_model_folder(clip, out / "model")

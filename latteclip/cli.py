@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, errno, os, shutil, sys, json, warnings
 from pathlib import Path
-from .core import LatteError, out_dir, write_json, run_files, disk_full
+from .core import LatteError, out_dir, write_json, run_files, disk_full, outside_data
 from . import __version__
 
 # %% auto 0
@@ -43,8 +43,8 @@ def _eval_args(p):
     g.add_argument("--holdout", type=int, default=None, help="hold out this many images of labelled --data, drawn "
                    "with --seed without reading a label, and score the adapted model on them (default: 1000 of the "
                    "embedded default's 5,000, else 0; 0 adapts on all)")
-    p.add_argument("--report-to", default=None, help="tensorboard and/or wandb (comma-separated): every training step's "
-                   "scalars, through accelerate's trackers (pip install -e \".[tracking]\"); default: history.csv only")
+    p.add_argument("--report-to", default=None, help="tensorboard and/or wandb (comma-separated): every training "
+                   "step's scalars, through accelerate's trackers (pip install -e \".[tracking]\"); default: history.csv only")
 
 def _group_args(p):
     d = p.add_argument_group("several processes (Hugging Face Accelerate; or start any of these commands with "
@@ -278,7 +278,8 @@ def _from_config(args)->dict:
     f = Path(args.config).expanduser()
     try: c = json.loads(f.read_text())
     except OSError as e: raise LatteError(f"--config {args.config} cannot be read ({e.strerror or e}).") from None
-    except (ValueError, UnicodeDecodeError) as e: raise LatteError(f"--config {args.config} is not JSON ({e}).") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LatteError(f"--config {args.config} is not JSON ({e}).") from None
     if not isinstance(c, dict) or not isinstance(c.get("settings", {}), dict) or "method" not in c:
         raise LatteError(f"--config {args.config} is not a run's config.json (it needs method and settings).")
     given = given_options(args.argv)
@@ -360,13 +361,18 @@ def _methods(args):
 def _robustness(args):
     from latteclip.zeroshot import robustness, rows_to_markdown
     from latteclip.models import templates_for
+    from latteclip.data import open_data, parse_shift
     templates_for(args.templates)
-    out = out_dir(args.out)
     try: sev = tuple(int(s) for s in args.severities.split(","))
     except ValueError:
         raise LatteError(f"--severities must be comma-separated integers, got {args.severities}.") from None
-    rows = robustness(args.data, args.model, args.pretrained, sev, None, args.templates, args.batch_size, args.device,
-                      per_class=args.per_class)
+    parse_shift(args.shift)                                                  # --shift: clean and that shift only
+    ds = open_data(args.data, args.classes, download=args.download)
+    outside_data(args.out, args.data)
+    out = out_dir(args.out)                                                   # made once the data is good
+    rows = robustness(model=args.model, pretrained=args.pretrained, severities=sev, templates=args.templates,
+                      batch_size=args.batch_size, device=args.device, per_class=args.per_class, shift=args.shift,
+                      ds=ds)
     md = rows_to_markdown(rows, ["shift", "severity", "top1", "per_class_mean"])
     with run_files(out) as f:
         write_json(rows, out / "robustness.json")
@@ -459,7 +465,8 @@ def _shifts(args):
     print("\n".join(f"{n}{'' if n == 'grayscale' else ':1..5'}" for n in sorted(SHIFTS)))
 
 COMMANDS = {"run": _run, "compare": _compare, "methods": _methods, "bench": _bench, "robustness": _robustness,
-            "pretrain": _pretrain, "pretrain-dino": _pretrain_dino, "predict": _predict, "export": _export, "docs": _docs,
+            "pretrain": _pretrain, "pretrain-dino": _pretrain_dino, "predict": _predict, "export": _export,
+            "docs": _docs,
             "shifts": _shifts}
 
 def main(argv=None)->int:

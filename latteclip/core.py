@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 # %% auto 0
 __all__ = ['ASSETS', 'DISK_FULL', 'LatteError', 'check_settings', 'Interrupted', 'StopRequest', 'seed_everything', 'generator',
            'stable_hash', 'seed_from', 'progress', 'default_device', 'peak_rss_mb', 'reset_peak_rss', 'asset',
-           'out_dir', 'disk_full', 'fsync_path', 'torch_save', 'RunFiles', 'run_files', 'staged', 'write_json']
+           'out_dir', 'printable', 'outside_data', 'disk_full', 'fsync_path', 'torch_save', 'RunFiles', 'run_files',
+           'staged', 'write_json']
 
 # %% ../nbs/00_core.ipynb 5
 class LatteError(Exception):
@@ -146,6 +147,21 @@ def out_dir(path, # the folder to write results into
         try: probe.unlink(missing_ok=True)
         except OSError: pass
     return p
+
+def printable(name:str)->str:
+    ("A file name as the files a run writes can hold it: bytes that are not UTF-8 (kept by Python as surrogates) "
+     "become `\\xe9`-style escapes.")
+    return str(name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+def outside_data(out, # the output folder a command was given
+                 data, # the folder it reads images from (None, a name or an archive: nothing to check)
+                 flag:str="--data"):
+    "Refuse an output folder inside an image folder: the next run would read its files back as images."
+    if data in (None, "") or not Path(str(data)).expanduser().is_dir(): return
+    o, d = Path(out).expanduser().resolve(), Path(str(data)).expanduser().resolve()
+    if o.is_relative_to(d):
+        raise LatteError(f"--out {out} is inside {flag} {data}, so the next run would read its files as images: pass "
+                         "an --out outside it.")
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 

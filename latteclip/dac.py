@@ -30,6 +30,10 @@ def few_shot_split(labels, # class index of every image
              for c in range(n_classes) if counts[c] < shots]
     if short: raise LatteError(f"--shots {shots} is more than some classes hold "
                                f"({', '.join(short[:3])}{' ...' if len(short) > 3 else ''}).")
+    full = [classes[c] if classes else f"class {c}" for c in range(n_classes) if counts[c] == shots]
+    if full:
+        raise LatteError(f"--shots {shots} leaves no image to score of {', '.join(full[:3])}"
+                         f"{' ...' if len(full) > 3 else ''} (each holds {shots}): use at most {shots - 1}.")
     rng = np.random.default_rng(seed)
     pick = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in range(n_classes)]))
     return pick, np.setdiff1d(np.arange(len(y)), pick)
@@ -186,7 +190,8 @@ class DACSettings(DACConfig):
 def _run_dac(ctx:RunContext)->dict:
     "DAC on the shots, scored (with zero-shot and Tip-Adapter) on every other image."
     cfg, ds, clip = ctx.cfg, ctx.ds, ctx.clip
-    r = run_dac(clip, ds, cfg, shots_clean=cfg.shots_clean, history=ctx.out / "history.csv")                 # few-shot: the one method that reads labels
+    # few-shot: the one method that reads labels
+    r = run_dac(clip, ds, cfg, shots_clean=cfg.shots_clean, history=ctx.out / "history.csv")
     test = ds.subset(r["rest"])
     top1 = lambda lg: scores(lg.argmax(1).numpy(), test.labels, len(ds.classes))["top1"]
     c = r["model"].cfg                                                      # the head: the trained DAC module
@@ -214,4 +219,6 @@ register(Method("dac", DACSettings, _run_dac, "DAC (few-shot): a Tip-Adapter cac
                 "trained on a few labelled shots per class",
                 metrics=("zeroshot_top1", "tip_adapter_top1", "shots", "shots_clean", "shot_files", "config",
                          "history"),
-                columns=("zeroshot_top1",), summary=_dac_summary, data_parallel=False, resumable=False))
+                columns=("zeroshot_top1",), summary=_dac_summary, data_parallel=False, resumable=False,
+                # the shots checked against the data before the run's folder is made
+                check_data=lambda cfg, ds: few_shot_split(ds.labels, len(ds.classes), cfg.shots, cfg.seed, ds.classes)))

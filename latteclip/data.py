@@ -9,20 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 from matplotlib import colors as mcolors
-from .core import LatteError, progress, seed_from, asset, stable_hash
+from .core import LatteError, progress, seed_from, asset, stable_hash, printable
 
 # %% auto 0
-__all__ = ['IMG_EXTS', 'MAX_BYTES', 'SHIFTS', 'MAX_PIXELS', 'EMBEDDED', 'DEFAULT_SHIFT', 'TORCHVISION', 'is_image_name',
-           'UnreadableFile', 'check_file', 'read_file', 'FolderReader', 'ArchiveReader', 'decode_image',
-           'gaussian_noise', 'shot_noise', 'speckle_noise', 'impulse_noise', 'gaussian_blur', 'defocus_blur',
-           'contrast', 'brightness', 'saturate', 'grayscale', 'plasma_fractal', 'fog', 'jpeg', 'pixelate', 'Shift',
-           'parse_shift', 'ImageSet', 'check_image', 'NeedsClasses', 'image_folder', 'flat_folder', 'pack_archive',
-           'embedded_target', 'TorchvisionReader', 'torchvision_set', 'open_data']
+__all__ = ['IMG_EXTS', 'MAX_BYTES', 'OUTPUT_MARKS', 'SHIFTS', 'MAX_PIXELS', 'EMBEDDED', 'DEFAULT_SHIFT', 'TORCHVISION',
+           'is_image_name', 'UnreadableFile', 'check_file', 'read_file', 'is_output_folder', 'FolderReader',
+           'ArchiveReader', 'decode_image', 'gaussian_noise', 'shot_noise', 'speckle_noise', 'impulse_noise',
+           'gaussian_blur', 'defocus_blur', 'contrast', 'brightness', 'saturate', 'grayscale', 'plasma_fractal', 'fog',
+           'jpeg', 'pixelate', 'Shift', 'parse_shift', 'ImageSet', 'check_image', 'NeedsClasses', 'image_folder',
+           'flat_folder', 'pack_archive', 'embedded_target', 'TorchvisionReader', 'torchvision_set', 'open_data']
 
 # %% ../nbs/01_data.ipynb 5
-IMG_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# every photo format Pillow decodes by itself (AVIF, JPEG 2000, QOI, netpbm, ... as well as the usual ones)
+IMG_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
+            ".avif", ".avifs", ".jp2", ".j2k", ".jpx", ".qoi", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".pcx"}
 MAX_BYTES = 256 * 2**20   # a file (or archive member) larger than this is skipped unread
 
 def is_image_name(name:str)->bool:
@@ -74,12 +76,21 @@ def read_file(path, # a file; a symbolic link is followed
         raise UnreadableFile(why)
     return data
 
+# the files that mark a folder latteclip wrote (a run, a comparison, a robustness table): never read as data
+OUTPUT_MARKS = ({"metrics.json", "predictions.csv"}, {"table.json", "table.md"}, {"robustness.json", "robustness.md"})
+
+def is_output_folder(files)->bool:
+    "True when the file names `files` of one folder are those of a folder latteclip wrote (see `OUTPUT_MARKS`)."
+    names = set(files)
+    return any(m <= names for m in OUTPUT_MARKS)
+
 class FolderReader:
-    "Reads the regular files below `root`, each of at most `MAX_BYTES`."
+    "Reads the regular files below `root`, each of at most `MAX_BYTES`; folders latteclip wrote are left out."
     def __init__(self, root): self.root = Path(root)
     def keys(self):
         out = []
         for d, dirs, files in os.walk(self.root, followlinks=False):
+            if is_output_folder(files): dirs[:] = []; continue                # a run's plots are not images of a class
             dirs[:] = sorted(x for x in dirs if not x.startswith("."))
             rel = Path(d).relative_to(self.root)
             out += [(rel / f).as_posix() for f in sorted(files) if is_image_name(f)]
@@ -133,9 +144,10 @@ class ArchiveReader:
 
 # %% ../nbs/01_data.ipynb 8
 def decode_image(data:bytes)->Image.Image:
-    "Decode image bytes into an RGB PIL image."
+    "Decode image bytes into an RGB PIL image, turned upright as its EXIF orientation says (phone photos)."
     im = Image.open(io.BytesIO(data))
     im.load()
+    if im.getexif().get(0x0112, 1) != 1: im = ImageOps.exif_transpose(im)       # 0x0112: the orientation tag
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -372,6 +384,12 @@ def image_folder(root, # a folder or .zip/.tar with one sub-folder of images per
     else: depth = 0
     folder_of = {k: k.split("/")[depth] for k in keys if k.count("/") > depth}
     found = sorted(set(folder_of.values()))
+    same = {}
+    for f in found: same.setdefault(_norm(f), []).append(f)
+    twins = [" and ".join(v) for v in same.values() if len(v) > 1]
+    if twins:
+        raise LatteError(f"The class folders {'; '.join(twins)} in {root} differ only in case, '_' or spaces, so "
+                         "they would be one class: merge or rename them.")
     if not found:
         raise LatteError(f"No class sub-folders with images in {root}: lay it out as {root}/<class>/<image>, or pass a "
                          "flat folder with --classes.")
@@ -387,20 +405,21 @@ def image_folder(root, # a folder or .zip/.tar with one sub-folder of images per
     lookup = {_norm(c): i for i, c in enumerate(classes)}
     keys = list(folder_of)
     ok, skipped = _checked(reader, keys, verify)
-    return ImageSet(reader, ok, [lookup[_norm(folder_of[k])] for k in ok], [c.replace("_", " ") for c in classes],
-                    name or root.stem, skipped)
+    return ImageSet(reader, ok, [lookup[_norm(folder_of[k])] for k in ok],
+                    [printable(c).replace("_", " ") for c in classes], name or printable(root.stem), skipped)
 
 def flat_folder(root, # a folder (or archive) of images, possibly nested; no labels
                 classes:list, # the class names to predict
                 verify:bool=True, name:str=None)->ImageSet:
     "An unlabelled `ImageSet` of every image below `root`; predictions only."
     root = Path(root)
-    if not classes: raise NeedsClasses(f"{root} has no class sub-folders, so pass the class names: --classes cat,dog,...")
+    if not classes:
+        raise NeedsClasses(f"{root} has no class sub-folders, so pass the class names: --classes cat,dog,...")
     if len({_norm(c) for c in classes}) != len(classes):
         raise LatteError(f"Duplicate class names in --classes: {', '.join(classes)}.")
     reader = ArchiveReader(root) if root.is_file() else FolderReader(root)
     ok, skipped = _checked(reader, reader.keys(), verify)
-    return ImageSet(reader, ok, [-1] * len(ok), list(classes), name or root.stem, skipped)
+    return ImageSet(reader, ok, [-1] * len(ok), list(classes), name or printable(root.stem), skipped)
 
 # %% ../nbs/01_data.ipynb 20
 EMBEDDED = "cifar10-target"
@@ -465,7 +484,9 @@ def open_data(data:str=None, # folder, .zip/.tar, a torchvision name, or None fo
               classes:list|str=None, # class names (a list or "a,b,c"); needed for a flat folder
               shift:str|Shift=None, # e.g. "fog:5"; None: none
               download:bool=False, # torchvision datasets only
-              verify:bool=True)->ImageSet:
+              verify:bool=True,
+              flag:str="--data", # the option the user named `data` with, for the messages (e.g. --eval-data)
+             )->ImageSet:
     "Open whatever the user passed as `--data` as an `ImageSet`, or say in one sentence why it cannot be."
     if isinstance(classes, str): classes = [c.strip() for c in classes.split(",") if c.strip()]
     if data in (None, "", "embedded", EMBEDDED): ds = embedded_target()
@@ -473,11 +494,11 @@ def open_data(data:str=None, # folder, .zip/.tar, a torchvision name, or None fo
     else:
         p = Path(data).expanduser()
         if not p.exists():
-            raise LatteError(f"--data {data} does not exist: pass an image folder, a .zip/.tar of one, or one of "
+            raise LatteError(f"{flag} {data} does not exist: pass an image folder, a .zip/.tar of one, or one of "
                              f"{', '.join(TORCHVISION)}.")
         if p.is_file() and p.suffix.lower() not in (".zip", ".tar"):
-            raise LatteError(f"--data {data} is a file but not a .zip or .tar archive.")
-        if not os.access(p, os.R_OK): raise LatteError(f"--data {data} cannot be read: check its permissions.")
+            raise LatteError(f"{flag} {data} is a file but not a .zip or .tar archive.")
+        if not os.access(p, os.R_OK): raise LatteError(f"{flag} {data} cannot be read: check its permissions.")
         reader = ArchiveReader(p) if p.is_file() else FolderReader(p)
         keys = reader.keys()
         if not keys: raise LatteError(f"No images found in {data}: pass a folder with images (.jpg, .png, ...).")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, asdict, MISSING
 from pathlib import Path
 from typing import Callable
 from fastcore.docments import docments
-from .core import LatteError, out_dir, seed_everything, reset_peak_rss, default_device, run_files
+from .core import LatteError, out_dir, seed_everything, reset_peak_rss, default_device, run_files, outside_data
 from .data import open_data, NeedsClasses, EMBEDDED
 from .models import load_clip
 from .distributed import Dist, process_group
@@ -129,7 +129,8 @@ def group(name:str)->list:
     return [m for m, v in load().items() if name in v.groups]
 
 # %% ../nbs/09_methods.ipynb 12
-RUN_ARGS = ("model", "pretrained", "seed", "device", "eval_data", "eval_shift", "holdout", "report_to")   # every run's (`run_method`)
+# every run's own arguments (`run_method`), beside the method's settings
+RUN_ARGS = ("model", "pretrained", "seed", "device", "eval_data", "eval_shift", "holdout", "report_to")
 
 def settings_of(method:Method, seed:int, settings:dict)->dict:
     ("The settings `method` is given: those set (not None), the run's seed where it takes one; the run's own "
@@ -145,12 +146,12 @@ def _spec(data)->str|None:
     return str(Path(spec).expanduser().resolve()) if spec is not None and Path(spec).expanduser().exists() else spec
 
 def open_eval(eval_data, eval_shift, ds):
-    "The held-out `ImageSet` of `--eval-data` (labelled), under `--eval-shift` or else the shift of the run's data `ds`."
+    ("The held-out `ImageSet` of `--eval-data` (labelled), under `--eval-shift` or else the shift of the run's data "
+     "`ds`.")
     if eval_data in (None, ""): return None
     no_labels = f"--eval-data {eval_data} has no labels: held-out scoring needs one sub-folder per class."
-    try: ev = open_data(eval_data, None, ds.shift if eval_shift is None else eval_shift)
+    try: ev = open_data(eval_data, None, ds.shift if eval_shift is None else eval_shift, flag="--eval-data")
     except NeedsClasses: raise LatteError(no_labels) from None
-    except LatteError as e: raise LatteError(str(e).replace("--data ", "--eval-data ", 1)) from None
     if not ev.has_labels:
         raise LatteError(no_labels)
     return ev
@@ -223,6 +224,8 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
     holdout = holdout_for(holdout, data, eval_data, ds)
     full = ds = ds if ds is not None else open_data(data, classes, shift, download=download)
     check_holdout(holdout, ds, eval_data)
+    if len(ds.classes) < 2:
+        raise LatteError(f"{method} needs at least two classes to tell apart; the data has one ({ds.classes[0]}).")
     if holdout:                                                                # adapt on the rest, score on these
         ds, ev = split_holdout(full, holdout, seed)
         if eval_shift is not None: ev = ev.with_shift(eval_shift)
@@ -235,7 +238,9 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
         dist = Dist(device or default_device(), getattr(cfg, "precision", "auto"), getattr(cfg, "grad_accum", 1))
         if hasattr(cfg, "batch_size"): dist.check_batch(min(cfg.batch_size, len(ds)))   # an even split, checked now
     clip = load_clip(model, pretrained, device)
-    out = out_dir(out or f"runs/{method}")                                    # made once data and model are good
+    out = out or f"runs/{method}"
+    outside_data(out, data); outside_data(out, eval_data, "--eval-data")
+    out = out_dir(out)                                                         # made once data and model are good
     ctx = RunContext(m, cfg, ds, clip, out, t0, seed, resume, data, dist, prepared, ev)
     with tracking(report_to, method, out) as trackers, run_files(out) as f:   # config.json with the run's files
         r = m.run(ctx)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb 2
 from __future__ import annotations
-import math, os, json, pickle, warnings
+import math, os, sys, json, pickle, warnings
 from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
@@ -138,6 +138,12 @@ def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32",
         raise LatteError(f"Unknown model '{model}': pass an open_clip architecture such as ViT-B-32 or {TINY}, "
                          "local-dir:DIR or hf-hub:org/repo (see open_clip.list_models()).")
     if model == TINY and pretrained in (None, "", "latteclip"): pretrained = str(asset(TINY_WEIGHTS))
+    if pretrained is None:                                                    # not asked for: said loudly
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        print(f"warning: {model} starts from random weights because no --pretrained was given, so its predictions "
+              f"are chance until trained: pass --pretrained with "
+              f"{'a tag (' + ', '.join(tags[:3]) + ')' if tags else 'a checkpoint file'}, or --pretrained random to "
+              "mean it.", file=sys.stderr, flush=True)
     if pretrained in ("", "none", "random"): pretrained = None
     if pretrained is not None and not Path(pretrained).expanduser().exists():
         if pretrained not in open_clip.list_pretrained_tags_by_model(model):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, asdict, field
 from types import SimpleNamespace
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from .core import LatteError, check_settings, generator
+from .core import LatteError, check_settings, generator, printable
 from .pixels import load_pixels, augment, normalizer
 from .train import encode_pixels
 from .loop import fit, LossStep, append_means
@@ -340,7 +340,8 @@ def _write_nola_labels(path, ds, r):
         w = csv.writer(fh)
         w.writerow(["path", "descriptor_label", "in_confident_set", "dino_label", "nola_prediction"])
         for i in range(len(ds)):
-            w.writerow([ds.keys[i], ds.classes[text[i]], int(i in conf), ds.classes[head[i]], ds.classes[pred[i]]])
+            w.writerow([printable(ds.keys[i]), ds.classes[text[i]], int(i in conf), ds.classes[head[i]],
+                        ds.classes[pred[i]]])
 
 def _run_nola(ctx:RunContext)->dict:
     "NoLA end to end, with every stage's accuracy when the data has labels and `pseudo_labels.csv`."

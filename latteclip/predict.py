@@ -4,39 +4,32 @@
 
 # %% ../nbs/25_predict.ipynb 2
 from __future__ import annotations
-import csv, shutil, time
+import shutil, time
 from pathlib import Path
 import numpy as np
-from .core import LatteError, out_dir, run_files, reset_peak_rss
+from .core import LatteError, out_dir, run_files, reset_peak_rss, outside_data
 from .data import open_data, NeedsClasses
 from .artifact import load_run, labels_for
-from .zeroshot import write_run
-from .ueo import auroc
+from .zeroshot import write_run, write_open_set, held_out
 from .methods import load
 
 # %% auto 0
 __all__ = ['ARTIFACT', 'predict_run', 'export_run']
 
 # %% ../nbs/25_predict.ipynb 5
-def _write_open_set(path, ds, names, logits, known):
-    "`open_set.csv`: every image with its prediction, its max softmax and whether its class is one the run knew."
-    msp, pred = logits.float().softmax(-1).max(-1)
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "prediction", "max_softmax", "known_class"])
-        for i in range(len(ds)): w.writerow([ds.keys[i], names[pred[i]], f"{msp[i]:.4f}", int(known[i])])
-
 def predict_run(run, # a finished run's folder (or an exported copy)
                 data=None, classes=None, shift=None, # what `open_data` takes; a flat folder gets the run's classes
                 out="runs/predict", # where predictions.csv (and metrics.json, confusion.png) go
                 batch_size:int=256, device=None, download:bool=False)->dict:
-    "Predict the images of `data` with the run in `run` and write the files `latteclip run` writes; returns the metrics."
+    ("Predict the images of `data` with the run in `run` and write the files `latteclip run` writes; returns the "
+     "metrics.")
     load()                                                                     # every installed method's heads
     t0 = time.time()
     reset_peak_rss()
     clip, clf = load_run(run, device)
     try: ds = open_data(data, classes, shift, download=download)
     except NeedsClasses: ds = open_data(data, clf.classes, shift, download=download)
+    outside_data(out, data)
     out = out_dir(out)
     y = np.array(labels_for(ds, clf.classes), dtype=int)
     logits = clf.logits(clip, ds, batch_size)                                  # (N, K)
@@ -45,11 +38,12 @@ def predict_run(run, # a finished run's folder (or an exported copy)
     if not ds.has_labels or known.all():
         return write_run(out, clf.method, ds.relabel(clf.classes, y.tolist()), clip, logits, time.time() - t0, **info)
     keep = np.flatnonzero(known).tolist()                                      # an open set: known classes scored
-    score = logits.float().softmax(-1).max(-1).values.numpy()
+    h = held_out(clip, clf, ds, logits=logits)                                 # as a run scores its held-out images
+    msp, pred = logits.float().softmax(-1).max(-1)
     with run_files(out) as f:
         m = write_run(out, clf.method, ds.subset(keep).relabel(clf.classes, y[keep].tolist()), clip, logits[keep],
-                      time.time() - t0, n_unknown_images=int((~known).sum()), auroc=auroc(score, known), **info)
-        _write_open_set(f("open_set.csv"), ds, clf.classes, logits, known)
+                      time.time() - t0, n_unknown_images=h["eval_n_unknown_images"], auroc=h["eval_auroc"], **info)
+        write_open_set(f("open_set.csv"), ds, clf.classes, pred, msp, known)
     return m
 
 # %% ../nbs/25_predict.ipynb 11

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
-from .core import LatteError, check_settings, out_dir, write_json, run_files
+from .core import LatteError, check_settings, out_dir, write_json, run_files, outside_data
 from .data import open_data
 from .models import templates_for, TEMPLATE, zeroshot_classifier, encode_texts
 from .artifact import Classifier
@@ -79,8 +79,8 @@ def save_run(out, # the run's folder
 
 def _run_zeroshot(ctx:RunContext)->dict:
     "Zero-shot CLIP: the run's files from the frozen model's logits."
-    logits = zeroshot(ctx.clip, ctx.ds, ctx.cfg.templates, ctx.cfg.batch_size)
     W = zeroshot_classifier(ctx.clip, ctx.ds.classes, ctx.cfg.templates)                  # the head: (K, D)
+    logits = zeroshot(ctx.clip, ctx.ds, ctx.cfg.templates, ctx.cfg.batch_size, W)
     clf = Classifier(ctx.method.name, ctx.ds.classes, ctx.clip.logit_scale, {"weights": W})
     return save_run(ctx.out, "zeroshot", ctx.ds, ctx.clip, logits, ctx.t0, head=clf, eval_ds=ctx.eval_ds,
                     templates=templates_for(ctx.cfg.templates), seed=ctx.seed)
@@ -121,10 +121,11 @@ def _run_latteclip(ctx:RunContext)->dict:
                        history=out / "history.csv")
     if not dist.is_main: return None                                    # the first process evaluates and writes the run
     preds = [e.pop("_pred").tolist() for e in hist.eval if "_pred" in e]
-    logits = predict(clip, train, texts, P)
+    W_text = encode_texts(clip, texts.class_texts, cache=False)                # the fine-tuned text classifier (K, D)
+    logits = predict(clip, train, texts, P, W=W_text)
     primary = logits.get(cfg.classifier, logits["text"])
     kind = cfg.classifier if cfg.classifier in logits else "text"
-    W = P.P.cpu() if kind == "prototypes" else encode_texts(clip, texts.class_texts, cache=False)   # the head: (K, D)
+    W = P.P.cpu() if kind == "prototypes" else W_text                          # the head: (K, D)
     clf = Classifier(ctx.method.name, ds.classes, clip.logit_scale, {"weights": W}, meta=dict(classifier=kind))
     from latteclip.explore import write_explore, final_mixer_weights
     data = ctx.data
@@ -293,6 +294,7 @@ def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
         if method.check is not None: method.check(cfgs[m])
     ds = ds if ds is not None else open_data(data, classes, shift, download=download)
     check_holdout(kw["holdout"], ds, kw.get("eval_data"))
+    outside_data(out, data); outside_data(out, kw.get("eval_data"), "--eval-data")
     out = out_dir(out)                                                         # made once data and hold-out are good
     rows, cols = [], ["method", "dataset", "shift", "model", "n_images", "n_classes", "top1", "per_class_mean",
                       "eval_top1", "eval_per_class_mean", "eval_auroc",

@@ -230,10 +230,12 @@ def finetune(clip, ds, # a `Clip` (trained in place) and an unlabeled `ImageSet`
 
 # %% ../nbs/15_train.ipynb 15
 @torch.no_grad()
-def predict(clip, ds, texts, P:Prototypes=None, feats:torch.Tensor=None)->dict:
+def predict(clip, ds, texts, P:Prototypes=None, feats:torch.Tensor=None,
+            W:torch.Tensor=None, # the text classifier `(K, D)` when already encoded (from `texts.class_texts`)
+           )->dict:
     "Logits `(N, K)` of the text classifier (`'text'`) and, when given, the prototypes (`'prototypes'`)."
     f = encode_images(clip, ds) if feats is None else feats                        # (N, D)
-    W = encode_texts(clip, texts.class_texts, cache=False)                          # (K, D)
+    W = encode_texts(clip, texts.class_texts, cache=False) if W is None else W      # (K, D)
     out = {"text": clip.logit_scale * f @ W.T}
     if P is not None: out["prototypes"] = clip.logit_scale * f @ P.P.cpu().T
     return out

@@ -15,8 +15,8 @@ from .loop import fit, LossStep, append_means
 from .distributed import Dist, start_run
 
 # %% auto 0
-__all__ = ['entropy', 'ueo_loss', 'confidence_weights', 'PromptLearner', 'norm_affines', 'known_split', 'auroc', 'UEOConfig',
-           'UEOHistory', 'ueo_predict', 'fit_ueo', 'run_ueo', 'UEOSettings']
+__all__ = ['entropy', 'ueo_loss', 'confidence_weights', 'PromptLearner', 'norm_affines', 'known_split', 'UEOConfig', 'UEOHistory',
+           'ueo_predict', 'fit_ueo', 'run_ueo', 'UEOSettings']
 
 # %% ../nbs/21_ueo.ipynb 6
 def entropy(p:torch.Tensor, dim:int=-1)->torch.Tensor:
@@ -96,12 +96,7 @@ def known_split(classes:list, # all class names of the data
     if len(idx) < 2: raise LatteError("UEO needs at least two known classes.")
     return idx
 
-def auroc(score, known)->float|None:
-    "AUROC (percent, scikit-learn) of `score` separating known (`True`) from unknown images; None without both kinds."
-    from sklearn.metrics import roc_auc_score
-    known = np.asarray(known, bool)
-    if known.all() or not known.any(): return None
-    return round(100 * roc_auc_score(known, np.asarray(score, float)), 2)
+from .zeroshot import auroc   # AUROC of known against unknown images (percent), shared with `held_out`
 
 # %% ../nbs/21_ueo.ipynb 14
 @dataclass
@@ -227,7 +222,7 @@ def run_ueo(clip, ds, # a `Clip` and an `ImageSet` (labels are read only by the 
 from pathlib import Path
 from .methods import Method, RunContext, register
 from .report import write_report
-from .zeroshot import write_run
+from .zeroshot import write_run, write_open_set
 from .artifact import Classifier
 from .core import run_files
 
@@ -241,16 +236,6 @@ class UEOSettings(UEOConfig):
     def __post_init__(self):
         super().__post_init__()
         check_settings([(self.n_unknown >= 0, "--n-unknown must be >= 0")])
-
-def _write_open_set(path, ds, names, pred, msp, is_known=None):
-    "`open_set.csv`: every image with its prediction, its max softmax and, with labels, whether its class is known."
-    import csv
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "prediction", "max_softmax"] + (["known_class"] if is_known is not None else []))
-        for i in range(len(ds)):
-            known = [int(is_known[i])] if is_known is not None else []
-            w.writerow([ds.keys[i], names[pred[i]], f"{msp[i]:.4f}"] + known)
 
 def _run_ueo(ctx:RunContext)->dict:
     "UEO end to end, scored on the known-class images, with `open_set.csv` beside the run's files."
@@ -268,7 +253,8 @@ def _run_ueo(ctx:RunContext)->dict:
     with torch.no_grad(): W = r["prompts"]().float().cpu()                   # the head: class weights of the context
     clf = Classifier(ctx.method.name, names, clip.logit_scale, {"weights": W})
     with run_files(out) as f:                                                 # the run's files: all of them or none
-        m = write_run(out, ctx.method.name, test, clip, r["logits_after"][keep], time.time() - ctx.t0, head=clf, eval_ds=ctx.eval_ds,
+        m = write_run(out, ctx.method.name, test, clip, r["logits_after"][keep], time.time() - ctx.t0, head=clf,
+                      eval_ds=ctx.eval_ds,
                       auroc=r.get("ueo_auroc"), zeroshot_top1=r.get("zeroshot_top1"),
                       zeroshot_per_class_mean=r.get("zeroshot_per_class_mean"),
                       zeroshot_auroc=r.get("zeroshot_auroc"), known_classes=names, n_unlabeled=len(ds),
@@ -276,7 +262,7 @@ def _run_ueo(ctx:RunContext)->dict:
                       weight_scale=cfg.weight_scale if cfg.weight_scale is not None else clip.logit_scale,
                       config=asdict(cfg),
                       history=dict(loss=h.loss, sharpen=h.sharpen, marginal=h.marginal, seconds=h.seconds))
-        _write_open_set(f("open_set.csv"), ds, names, pred, msp, r.get("is_known"))
+        write_open_set(f("open_set.csv"), ds, names, pred, msp, r.get("is_known"))
         write_report(out, m)
     return m
 

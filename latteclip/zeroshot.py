@@ -8,22 +8,24 @@ import csv, time
 from pathlib import Path
 import numpy as np
 import torch
-from .core import LatteError, out_dir, write_json, run_files, peak_rss_mb, reset_peak_rss, progress
+from .core import LatteError, out_dir, write_json, run_files, peak_rss_mb, reset_peak_rss, progress, printable
 from .data import open_data, parse_shift, SHIFTS, Shift
 from .models import load_clip, encode_images, zeroshot_classifier, zeroshot_logits, templates_for
 from .artifact import Classifier, write_artifact, labels_for
 from . import __version__
 
 # %% auto 0
-__all__ = ['zeroshot', 'scores', 'finish_figure', 'plot_confusion', 'held_out', 'write_run', 'run_zeroshot', 'robustness',
-           'rows_to_markdown']
+__all__ = ['zeroshot', 'scores', 'auroc', 'write_open_set', 'finish_figure', 'plot_confusion', 'held_out', 'write_run',
+           'run_zeroshot', 'robustness', 'rows_to_markdown']
 
 # %% ../nbs/05_zeroshot.ipynb 5
 def zeroshot(clip, ds, # a `Clip` and an `ImageSet`
              templates=None, # see `templates_for`
-             batch_size:int=256)->torch.Tensor:
+             batch_size:int=256,
+             W:torch.Tensor=None, # the classifier `(K, D)` when already made (see `zeroshot_classifier`)
+            )->torch.Tensor:
     "Zero-shot logits `(N, K)` of every image in `ds` over `ds.classes`."
-    W = zeroshot_classifier(clip, ds.classes, templates)          # (K, D)
+    W = zeroshot_classifier(clip, ds.classes, templates) if W is None else W   # (K, D)
     f = encode_images(clip, ds, batch_size)                       # (N, D)
     return zeroshot_logits(f, W, clip.logit_scale)                # (N, K)
 
@@ -36,6 +38,25 @@ def scores(pred, labels, n_classes:int)->dict:
     if len(labels) == 0 or (labels < 0).any(): return dict(top1=None, per_class_mean=None)
     return dict(top1=round(100 * accuracy_score(labels, pred), 2),
                 per_class_mean=round(100 * balanced_accuracy_score(labels, pred), 2))
+
+def auroc(score, known)->float|None:
+    "AUROC (percent, scikit-learn) of `score` separating known (`True`) from unknown images; None without both kinds."
+    from sklearn.metrics import roc_auc_score
+    known = np.asarray(known, bool)
+    if known.all() or not known.any(): return None
+    return round(100 * roc_auc_score(known, np.asarray(score, float)), 2)
+
+def write_open_set(path, ds, names, # the file; the images; the class names predicted
+                   pred, msp, # each image's predicted class index and maximum softmax
+                   known=None, # with labels: whether each image's class is one of `names`
+                  ):
+    "`open_set.csv`: every image with its prediction, its max softmax and, with labels, whether its class is known."
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "prediction", "max_softmax"] + (["known_class"] if known is not None else []))
+        for i in range(len(ds)):
+            w.writerow([printable(ds.keys[i]), names[pred[i]], f"{msp[i]:.4f}"]
+                       + ([int(known[i])] if known is not None else []))
 
 # %% ../nbs/05_zeroshot.ipynb 10
 def finish_figure(fig, ax, title:str, path=None):
@@ -60,19 +81,19 @@ def plot_confusion(pred, labels, classes, title="", path=None):
 
 def held_out(clip, head:Classifier, # the adapted model and its head
              ds, # labelled images the method never saw (classes matched by name)
-             batch_size:int=256)->dict:
+             batch_size:int=256,
+             logits:torch.Tensor=None, # `head`'s logits `(N, K)` of `ds`, when already computed
+            )->dict:
     ("`eval_top1` and `eval_per_class_mean` of `head` on the images of its classes in `ds`; with images of other "
      "classes, their count and `eval_auroc` of telling them apart by the maximum softmax.")
     y = np.array(labels_for(ds, head.classes), dtype=int)
     known = y >= 0
-    logits = head.logits(clip, ds, batch_size)                                 # (N, K)
+    logits = head.logits(clip, ds, batch_size) if logits is None else logits    # (N, K)
     sc = scores(logits[known].argmax(1).numpy(), y[known], len(head.classes))
     m = dict(eval_top1=sc["top1"], eval_per_class_mean=sc["per_class_mean"], eval_n_images=int(known.sum()))
     if not known.all():
-        from sklearn.metrics import roc_auc_score
-        msp = logits.float().softmax(-1).max(-1).values.numpy()
         m.update(eval_n_unknown_images=int((~known).sum()),
-                 eval_auroc=round(100 * roc_auc_score(known, msp), 2) if known.any() else None)
+                 eval_auroc=auroc(logits.float().softmax(-1).max(-1).values.numpy(), known))
     return m
 
 def write_run(out, # output folder
@@ -88,10 +109,10 @@ def write_run(out, # output folder
     prob = logits.float().softmax(-1)
     conf, pred = prob.max(-1)
     m = dict(method=method, dataset=ds.name, shift=str(ds.shift) if ds.shift else None,
-             model=clip.name, pretrained=Path(clip.pretrained).name if clip.pretrained else None,
+             model=clip.name, pretrained=Path(clip.pretrained).name if clip.pretrained else "random",
              n_images=len(ds), n_classes=len(ds.classes), **scores(pred.numpy(), ds.labels, len(ds.classes)),
              seconds=round(seconds, 2), peak_rss_mb=peak_rss_mb(),
-             skipped=[dict(path=k, reason=r) for k, r in ds.skipped], **extra)
+             skipped=[dict(path=printable(k), reason=r) for k, r in ds.skipped], **extra)
     if eval_ds is not None and head is not None: m.update(held_out(clip, head, eval_ds))
     title = f"{method} on {ds.name}" + (f" ({ds.shift})" if ds.shift else "")
     with run_files(out) as f:                                  # staged: the old run's files stay until all are written
@@ -100,7 +121,7 @@ def write_run(out, # output folder
             w.writerow(["path", "prediction", "confidence"] + (["label"] if ds.has_labels else []))
             for i in range(len(ds)):
                 label = [ds.classes[ds.labels[i]]] if ds.has_labels else []
-                w.writerow([ds.keys[i], ds.classes[pred[i]], f"{conf[i]:.4f}"] + label)
+                w.writerow([printable(ds.keys[i]), ds.classes[pred[i]], f"{conf[i]:.4f}"] + label)
         if ds.has_labels:
             plot_confusion(pred.numpy(), ds.labels, ds.classes, f"{title}: top-1 {m['top1']}%", f("confusion.png"))
         else:
@@ -132,11 +153,16 @@ def run_zeroshot(data=None, classes=None, shift=None, model:str="latteclip-tiny"
 def robustness(data=None, model:str="latteclip-tiny", pretrained:str=None, severities=(3, 5),
                shifts=None, templates=None, batch_size:int=256, device=None,
                per_class:int=None, # score at most the first `per_class` images of each class (a quick table)
+               classes=None, # class names, as `open_data` takes them
+               shift=None, # one shift (e.g. "fog:5"): the table has clean and that row only; None: every shift
+               ds=None, # an `ImageSet` already open (then data and classes are not read)
               )->list:
     "Rows `dict(shift, severity, top1, per_class_mean)` of zero-shot accuracy, clean first."
     if per_class is not None and per_class < 1: raise LatteError(f"--per-class must be at least 1, got {per_class}.")
+    one = parse_shift(shift)
+    if one is not None: shifts, severities = [one.name], (one.severity,)
+    base = ds if ds is not None else open_data(data, classes)                 # checked: bad files skipped and listed
     clip = load_clip(model, pretrained, device)
-    base = open_data(data, verify=False)
     if not base.has_labels: raise LatteError("The robustness table needs labelled data (a folder with class "
                                              "sub-folders).")
     if per_class:
