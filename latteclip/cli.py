@@ -4,14 +4,15 @@
 
 # %% ../nbs/99_cli.ipynb 2
 from __future__ import annotations
-import argparse, errno, os, shutil, sys, json, warnings
+import argparse, errno, math, os, re, shutil, sys, json, warnings
 from pathlib import Path
-from .core import LatteError, out_dir, write_json, run_files, disk_full, outside_data
+from .core import (LatteError, out_dir, write_json, run_files, disk_full, outside_data, SEED_MAX, check_device,
+                            printable)
 from . import __version__
 
 # %% auto 0
-__all__ = ['CONFIG_ARGS', 'COMMANDS', 'setting_flags', 'method_settings', 'parser', 'given_options', 'methods_table', 'main',
-           'cli']
+__all__ = ['SEED', 'CONFIG_ARGS', 'COMMANDS', 'setting_flags', 'method_settings', 'Parser', 'whole', 'finite', 'positive',
+           'parser', 'given_options', 'methods_table', 'main', 'cli']
 
 # %% ../nbs/99_cli.ipynb 5
 def _data_args(p):
@@ -40,7 +41,7 @@ def _eval_args(p):
                    "method never sees: the adapted model's eval_top1 and eval_per_class_mean on it")
     g.add_argument("--eval-shift", default=None, help="the shift of --eval-data (default: the shift of --data; none "
                    "for none)")
-    g.add_argument("--holdout", type=int, default=None, help="hold out this many images of labelled --data, drawn "
+    g.add_argument("--holdout", type=whole(0), default=None, help="hold out this many images of labelled --data, drawn "
                    "with --seed without reading a label, and score the adapted model on them (default: 1000 of the "
                    "embedded default's 5,000, else 0; 0 adapts on all)")
     p.add_argument("--report-to", default=None, help="tensorboard and/or wandb (comma-separated): every training "
@@ -49,7 +50,7 @@ def _eval_args(p):
 def _group_args(p):
     d = p.add_argument_group("several processes (Hugging Face Accelerate; or start any of these commands with "
                              "`accelerate launch -m latteclip`)")
-    d.add_argument("--num-processes", type=int, default=None, help="train data-parallel in this many processes on this "
+    d.add_argument("--num-processes", type=whole(1), default=None, help="train data-parallel in this many processes on this "
                    "machine: one per GPU, or CPU processes (gloo) without GPUs")
     d.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
                    help="accelerate's name for --precision (no = fp32); wins over it")
@@ -96,7 +97,7 @@ def _setting_args(p, flags:dict):
     for flag, e in flags.items():
         kw = dict(dest=e["dest"], default=None, help=_flag_help(e))
         if e["type"] is bool: g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        else: g.add_argument(flag, type=_tuple if e["type"] is tuple else e["type"],
+        else: g.add_argument(flag, type={tuple: _tuple, float: finite}.get(e["type"], e["type"]),
                              metavar=e["type"].__name__.upper(), **kw)
 
 def method_settings(args, flags:dict, methods:list)->dict:
@@ -120,7 +121,7 @@ def _run_command(sub, methods, flags):
     _data_args(r)
     _model_args(r)
     r.add_argument("--out", default=None, help="output folder (default: runs/<method>)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=SEED, default=0, help=f"the one seed of the run (0 to {SEED_MAX})")
     r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     r.add_argument("--config", default=None, help="a run's config.json: run it again (flags given beside it win)")
     _eval_args(r)
@@ -139,7 +140,7 @@ def _compare_command(sub, methods, flags):
     _model_args(c)
     c.add_argument("--out", default="runs/compare")
     _eval_args(c)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=SEED, default=0, help=f"the seed of every run (0 to {SEED_MAX})")
     c.add_argument("--reuse", action="store_true",
                    help="keep a method's finished run in --out when its config.json matches (every "
                    "setting and the package version) instead of running it again")
@@ -155,7 +156,7 @@ def _bench_command(sub):
     "The `bench` sub-command: speed and memory against plain baselines."
     bb = sub.add_parser("bench", help="speed and memory ratios against plain baselines: bench.json")
     bb.add_argument("--out", default="runs/bench")
-    bb.add_argument("--n", type=int, default=1000, help="images for the scaling and cache measurements")
+    bb.add_argument("--n", type=whole(1), default=1000, help="images for the scaling and cache measurements")
     bb.add_argument("--quick", action="store_true", help="fewer steps and epochs (a smoke run)")
     bb.add_argument("--models", default="latteclip-tiny,ViT-B-32",
                     help="comma-separated open_clip models (random init unless tiny)")
@@ -167,25 +168,63 @@ def _robustness_command(sub):
     _model_args(b)
     b.add_argument("--templates", default=None, help="single (a photo of a {}.), ensemble (CLIP's 18 prompts) or "
                    "'|'-separated templates")
-    b.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    b.add_argument("--batch-size", type=whole(1), default=256, help="images per forward pass")
     b.add_argument("--severities", default="3,5", help="comma-separated severities (default 3,5)")
-    b.add_argument("--per-class", type=int, default=None,
+    b.add_argument("--per-class", type=whole(1), default=None,
                    help="score at most this many images of each class (a quick table)")
     b.add_argument("--out", default="runs/robustness", help="output folder for robustness.md/.json")
+
+class Parser(argparse.ArgumentParser):
+    "argparse's parser, but a mistake is one line on stderr (the usage is one `--help` away), exit 2."
+    def error(self, message):
+        message = re.sub(r"^argument (--[\w-]+)(?:/--[\w-]+)?: must", r"\1 must", message)   # --seed must be ...
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help).\n")
+
+def _bounds(lo, hi)->str:
+    return f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
+
+def whole(lo:int=0, hi:int=None):
+    "An argparse type: a whole number from `lo` (to `hi`)."
+    def conv(s:str)->int:
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"must be a whole number, got {s!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be {_bounds(lo, hi)} (a whole number), got {v}")
+        return v
+    conv.__name__ = "int"
+    return conv
+
+def finite(s:str)->float:
+    "An argparse type: a finite number (never nan or inf)."
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"must be a number, got {s!r}") from None
+    if not math.isfinite(v): raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
+    return v
+finite.__name__ = "float"
+
+def positive(s:str)->float:
+    "An argparse type: a finite number above 0."
+    v = finite(s)
+    if v <= 0: raise argparse.ArgumentTypeError(f"must be above 0, got {s}")
+    return v
+positive.__name__ = "float"
+
+SEED = whole(0, SEED_MAX)   # every command's --seed
 
 def _schedule_args(p, out:str, epochs:int, batch_size:int, lr:float):
     "The output folder and training schedule of a pre-training sub-command, with the defaults given."
     p.add_argument("--out", default=out)
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=whole(1), default=epochs)
+    p.add_argument("--batch-size", type=whole(2), default=batch_size, help="images per step (at least 2: the "
+                   "contrastive loss needs a negative)")
+    p.add_argument("--lr", type=positive, default=lr)
+    p.add_argument("--seed", type=SEED, default=0)
 
 def _checkpoint_args(p):
     "Precision, resuming and stopping, and the device of a pre-training sub-command."
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--stop-after", type=whole(1), default=None,
                    help="stop after this epoch, leaving a checkpoint to --resume from")
     p.add_argument("--device", default=None)
 
@@ -195,9 +234,9 @@ def _pretrain_command(sub):
     t.add_argument("--data", required=True,
                    help="folder or .tar/.zip with one sub-folder per class (the pre-training images)")
     _schedule_args(t, "runs/pretrain", 24, 512, 2e-3)
-    t.add_argument("--per-class", type=int, default=None,
+    t.add_argument("--per-class", type=whole(1), default=None,
                    help="at most this many training images per class (quick runs)")
-    t.add_argument("--val-per-class", type=int, default=50)
+    t.add_argument("--val-per-class", type=whole(1), default=50, help="held-out images per class for the zero-shot check (default: 50)")
     _checkpoint_args(t)
 
 def _pretrain_dino_command(sub):
@@ -207,8 +246,8 @@ def _pretrain_dino_command(sub):
     pd.add_argument("--data", required=True, help="folder or .tar/.zip of the pre-training images (class sub-folders "
                     "are read only for the k-NN check)")
     _schedule_args(pd, "runs/dino", 8, 256, 1e-3)
-    pd.add_argument("--n-local", type=int, default=2, help="local (16 px) crops per image")
-    pd.add_argument("--per-class", type=int, default=None,
+    pd.add_argument("--n-local", type=whole(0), default=2, help="local (16 px) crops per image")
+    pd.add_argument("--per-class", type=whole(1), default=None,
                     help="at most this many training images per class (quick runs)")
     pd.add_argument("--target", default="embedded", help="labelled images for the final k-NN accuracy (default: the "
                     "embedded target set, clean); none: skip")
@@ -221,7 +260,7 @@ def _predict_command(sub):
     pr.add_argument("--run", required=True, help="a finished run's folder (or an exported copy)")
     _data_args(pr)
     pr.add_argument("--out", default="runs/predict", help="output folder (default: runs/predict)")
-    pr.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    pr.add_argument("--batch-size", type=whole(1), default=256, help="images per forward pass (default: 256)")
     pr.add_argument("--device", default=None, help="cpu, cuda, ...; default: CUDA if present")
 
 def _export_command(sub):
@@ -242,7 +281,7 @@ def parser()->argparse.ArgumentParser:
     from latteclip.methods import load
     methods = load()
     flags = setting_flags(methods)
-    p = argparse.ArgumentParser(prog="latteclip",
+    p = Parser(prog="latteclip",
                                 description="Label-free adaptation of CLIP models to a new image domain.")
     p.add_argument("--version", action="version", version=f"latteclip {__version__}")
     p.set_defaults(flags=flags)
@@ -302,7 +341,7 @@ def _run(args):
     method = get(args.method)
     settings = {**saved, **method_settings(args, args.flags, [args.method])}
     out = Path(args.out or f"runs/{args.method}")
-    parse_shift(args.eval_shift)
+    parse_shift(args.eval_shift, "--eval-shift")
     m = run_method(args.method, args.data, args.classes, shift, args.model, args.pretrained, out, args.seed,
                    args.device, args.resume, args.download, eval_data=args.eval_data, eval_shift=args.eval_shift,
                    holdout=args.holdout, report_to=args.report_to, **settings)
@@ -325,7 +364,7 @@ def _compare(args):
     methods = method_list(args.methods)
     settings = method_settings(args, args.flags, methods)
     out = Path(args.out)                                                      # `compare` makes it once all is checked
-    parse_shift(args.eval_shift)
+    parse_shift(args.eval_shift, "--eval-shift")
     compare(methods, args.data, args.classes, shift, out, reuse=args.reuse, download=args.download, model=args.model,
             pretrained=args.pretrained, seed=args.seed, device=args.device, eval_data=args.eval_data,
             eval_shift=args.eval_shift, holdout=args.holdout, report_to=args.report_to, **settings)
@@ -364,8 +403,9 @@ def _robustness(args):
     from latteclip.data import open_data, parse_shift
     templates_for(args.templates)
     try: sev = tuple(int(s) for s in args.severities.split(","))
-    except ValueError:
-        raise LatteError(f"--severities must be comma-separated integers, got {args.severities}.") from None
+    except ValueError: sev = ()
+    if not sev or any(not 1 <= s <= 5 for s in sev):
+        raise LatteError(f"--severities must be comma-separated whole numbers from 1 to 5, got {args.severities!r}.")
     parse_shift(args.shift)                                                  # --shift: clean and that shift only
     ds = open_data(args.data, args.classes, download=args.download)
     outside_data(args.out, args.data)
@@ -374,6 +414,8 @@ def _robustness(args):
                       batch_size=args.batch_size, device=args.device, per_class=args.per_class, shift=args.shift,
                       ds=ds)
     md = rows_to_markdown(rows, ["shift", "severity", "top1", "per_class_mean"])
+    if ds.skipped:                                                            # listed, as a run lists them
+        md += f"\n\nSkipped files ({len(ds.skipped)}):\n" + "\n".join(f"- `{printable(k)}`: {why}" for k, why in ds.skipped)
     with run_files(out) as f:
         write_json(rows, out / "robustness.json")
         f("robustness.md").write_text(md + "\n")
@@ -485,6 +527,7 @@ def main(argv=None)->int:
     import logging
     logging.getLogger().setLevel(logging.ERROR)
     try:
+        check_device(getattr(args, "device", None))                           # gpu0, cuda on a machine without one
         if getattr(args, "num_processes", None) is not None:
             code = _launch(argv, args)
             if code is not None: return code

@@ -11,10 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto 0
-__all__ = ['ASSETS', 'DISK_FULL', 'LatteError', 'check_settings', 'Interrupted', 'StopRequest', 'seed_everything', 'generator',
-           'stable_hash', 'seed_from', 'progress', 'default_device', 'peak_rss_mb', 'reset_peak_rss', 'asset',
-           'out_dir', 'printable', 'outside_data', 'disk_full', 'fsync_path', 'torch_save', 'RunFiles', 'run_files',
-           'staged', 'write_json']
+__all__ = ['SEED_MAX', 'ASSETS', 'DISK_FULL', 'LatteError', 'check_settings', 'Interrupted', 'StopRequest', 'check_seed',
+           'seed_everything', 'generator', 'stable_hash', 'seed_from', 'progress', 'check_device', 'default_device',
+           'peak_rss_mb', 'reset_peak_rss', 'asset', 'out_dir', 'printable', 'outside_data', 'disk_full', 'fsync_path',
+           'torch_save', 'RunFiles', 'run_files', 'staged', 'write_json']
 
 # %% ../nbs/00_core.ipynb 5
 class LatteError(Exception):
@@ -51,6 +51,15 @@ class StopRequest:
     def __bool__(self): return self.signum is not None
 
 # %% ../nbs/00_core.ipynb 8
+SEED_MAX = 2**32 - 1   # NumPy's bound, and so every seed a run takes
+
+def check_seed(seed, # a run's `--seed`
+               flag:str="--seed")->int:
+    "`seed` when it is a whole number from 0 to `SEED_MAX`; else one sentence."
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise LatteError(f"{flag} must be a whole number from 0 to {SEED_MAX} (got {seed!r}).")
+    return seed
+
 def seed_everything(seed:int=0, # the one seed for python, numpy and torch
                    ):
     "Seed python's `random`, NumPy and torch (CPU and CUDA)."
@@ -65,7 +74,7 @@ def generator(seed:int=0, # seed of the stream
     g.manual_seed(seed)
     return g
 
-# %% ../nbs/00_core.ipynb 11
+# %% ../nbs/00_core.ipynb 12
 def stable_hash(*parts, # bytes, str, numbers or arrays
                 n:int=16, # hex digits to keep
                )->str:
@@ -82,7 +91,7 @@ def seed_from(*parts)->int:
     "A 32-bit seed derived from `parts` with `stable_hash`."
     return int(stable_hash(*parts, n=8), 16)
 
-# %% ../nbs/00_core.ipynb 14
+# %% ../nbs/00_core.ipynb 15
 def progress(it=None, # the iterable to wrap
              desc:str=None, # what is being done
              total:int=None, # its length, when `it` has none
@@ -91,6 +100,23 @@ def progress(it=None, # the iterable to wrap
      "a launched group.")
     disable = os.environ.get("LATTECLIP_QUIET", "0") == "1" or os.environ.get("RANK", "0") != "0"
     return tqdm(it, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
+
+def check_device(device, # `--device` as given: None, a string or a `torch.device`
+                 flag:str="--device")->torch.device|None:
+    "`device` as a `torch.device` this machine has (None stays None: the default); else one sentence."
+    if device is None: return None
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise LatteError(f"{flag} {device!r} is not a device: use cpu, cuda, cuda:N or mps.") from None
+    have = {"cpu": True, "cuda": torch.cuda.is_available(),
+            "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if d.type not in have: raise LatteError(f"{flag} {device} is not a device latteclip runs on: use cpu, cuda or mps.")
+    if not have[d.type]:
+        raise LatteError(f"{flag} {device} asks for {d.type.upper()} but torch sees none on this machine: use --device "
+                         "cpu, or leave --device out.")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise LatteError(f"{flag} {device} names GPU {d.index}, but this machine has {torch.cuda.device_count()}.")
+    return d
 
 def default_device()->torch.device:
     ("CUDA when present (this process's GPU, `LOCAL_RANK`, when a launcher started several), else Apple's MPS, else "
@@ -119,7 +145,7 @@ def reset_peak_rss()->bool:
         return True
     except OSError: return False
 
-# %% ../nbs/00_core.ipynb 17
+# %% ../nbs/00_core.ipynb 19
 ASSETS = (Path(__file__).resolve().parent / "assets" if "__file__" in globals()
           else Path("../latteclip/assets").resolve())
 
@@ -130,7 +156,7 @@ def asset(name:str, # file name inside `latteclip/assets`
     if not p.exists(): raise LatteError(f"The shipped file {name} is missing from {ASSETS}: reinstall latteclip.")
     return p
 
-# %% ../nbs/00_core.ipynb 20
+# %% ../nbs/00_core.ipynb 22
 def out_dir(path, # the folder to write results into
            )->Path:
     "Create `path` and check it is writable, else raise a `LatteError` that says so (a full disk: its own `OSError`)."
@@ -210,7 +236,7 @@ def torch_save(obj, path, # what `torch.save` writes, and where
         if e.filename is None: e.filename = str(path)
         raise
 
-# %% ../nbs/00_core.ipynb 23
+# %% ../nbs/00_core.ipynb 25
 class RunFiles:
     "The files of one run: written under temporary names beside their final ones until `commit` renames them all."
     def __init__(self, out:Path, # the run's folder (absolute)

@@ -185,7 +185,8 @@ class DACSettings(DACConfig):
                         (self.steps >= 1, "--steps must be at least 1"), (self.lr > 0, "--lr must be positive"),
                         (self.weight_decay >= 0, "--weight-decay must be >= 0"), (self.tau > 0,
                                                                                   "--tau must be positive"),
-                        (self.bottleneck >= 1, "--bottleneck must be at least 1")])
+                        (self.bottleneck >= 1, "--bottleneck must be at least 1"),
+                        (self.beta >= 0, "--beta must be >= 0"), (self.lam >= 0, "--lam must be >= 0")])
 
 def _run_dac(ctx:RunContext)->dict:
     "DAC on the shots, scored (with zero-shot and Tip-Adapter) on every other image."
@@ -221,4 +222,4 @@ register(Method("dac", DACSettings, _run_dac, "DAC (few-shot): a Tip-Adapter cac
                          "history"),
                 columns=("zeroshot_top1",), summary=_dac_summary, data_parallel=False, resumable=False,
                 # the shots checked against the data before the run's folder is made
-                check_data=lambda cfg, ds: few_shot_split(ds.labels, len(ds.classes), cfg.shots, cfg.seed, ds.classes)))
+                check_data=lambda cfg, ds, _: few_shot_split(ds.labels, len(ds.classes), cfg.shots, cfg.seed, ds.classes)))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
-import io, os, stat, tarfile, zipfile, warnings, zlib
+import hashlib, io, os, stat, tarfile, zipfile, warnings, zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -18,8 +18,9 @@ __all__ = ['IMG_EXTS', 'MAX_BYTES', 'OUTPUT_MARKS', 'SHIFTS', 'MAX_PIXELS', 'EMB
            'is_image_name', 'UnreadableFile', 'check_file', 'read_file', 'is_output_folder', 'FolderReader',
            'ArchiveReader', 'decode_image', 'gaussian_noise', 'shot_noise', 'speckle_noise', 'impulse_noise',
            'gaussian_blur', 'defocus_blur', 'contrast', 'brightness', 'saturate', 'grayscale', 'plasma_fractal', 'fog',
-           'jpeg', 'pixelate', 'Shift', 'parse_shift', 'ImageSet', 'check_image', 'NeedsClasses', 'image_folder',
-           'flat_folder', 'pack_archive', 'embedded_target', 'TorchvisionReader', 'torchvision_set', 'open_data']
+           'jpeg', 'pixelate', 'Shift', 'parse_shift', 'ImageSet', 'check_image', 'file_digest', 'NeedsClasses',
+           'image_folder', 'flat_folder', 'pack_archive', 'embedded_target', 'TorchvisionReader', 'torchvision_set',
+           'open_data']
 
 # %% ../nbs/01_data.ipynb 5
 # every photo format Pillow decodes by itself (AVIF, JPEG 2000, QOI, netpbm, ... as well as the usual ones)
@@ -277,14 +278,16 @@ class Shift:
         y = SHIFTS[self.name](a.astype(np.float32) / 255., int(self.severity), rng)
         return Image.fromarray((np.clip(y, 0, 1) * 255 + 0.5).astype(np.uint8))
 
-def parse_shift(spec:str|None)->Shift|None:
-    "`'fog:5'` -> `Shift('fog', 5)`; `'grayscale'`, `None`, `''` and `'none'` as expected."
+def parse_shift(spec:str|None, flag:str="--shift")->Shift|None:
+    ("`'fog:5'` -> `Shift('fog', 5)`; `'grayscale'`, `None`, `''` and `'none'` as expected; a bad one is one sentence "
+     "naming `flag`.")
     if spec is None or str(spec).strip().lower() in ("", "none", "clean"): return None
     if isinstance(spec, Shift): return spec
     name, _, sev = str(spec).partition(":")
     try: sev = int(sev) if sev else 3
-    except ValueError: raise LatteError(f"Bad --shift '{spec}': write name:severity, e.g. fog:5.") from None
-    return Shift(name.strip().lower().replace("-", "_"), sev)
+    except ValueError: raise LatteError(f"Bad {flag} '{spec}': write name:severity, e.g. fog:5.") from None
+    try: return Shift(name.strip().lower().replace("-", "_"), sev)
+    except LatteError as e: raise LatteError(f"{flag} {spec}: {e}") from None
 
 # %% ../nbs/01_data.ipynb 15
 class ImageSet(torch.utils.data.Dataset):
@@ -303,6 +306,10 @@ class ImageSet(torch.utils.data.Dataset):
         "The i-th image, decoded and shifted, before `transform`."
         img = decode_image(self.reader.read(self.keys[i]))
         return self.shift(img) if self.shift is not None else img
+    def fingerprint(self)->str:
+        ("A hash of every file's bytes in order, the class names and the shift (never the labels): the same images "
+         "give the same one wherever they live, a changed image another. Caches and `--resume` key on it.")
+        return stable_hash(self.keys, [file_digest(self.reader, k) for k in self.keys], self.classes, str(self.shift))
     def content_key(self, i:int)->str:
         "A hash of the i-th file's bytes and the shift: the same picture gets the same key wherever it lives."
         return stable_hash(self.reader.read(self.keys[i]), str(self.shift))
@@ -352,12 +359,23 @@ def check_image(data:bytes)->str|None:
     except Exception as e: return f"not a readable image ({type(e).__name__}: {str(e)[:80]})"
     return None
 
+def file_digest(reader, key:str, # a reader (folder, archive, torchvision) and one of its files
+                data:bytes=None, # the file's bytes when they were just read
+               )->str:
+    "A hash of the bytes of file `key`, read once and kept on the reader."
+    memo = reader.__dict__.setdefault("digests", {})
+    if key not in memo: memo[key] = hashlib.blake2b(reader.read(key) if data is None else data, digest_size=16).hexdigest()
+    return memo[key]
+
 def _checked(reader, keys, verify=True):
     ok, skipped = [], []
     for k in (progress(keys, desc="checking images") if verify else keys):
         why = None
         try:
-            if verify: why = check_image(reader.read(k))
+            if verify:
+                data = reader.read(k)
+                why = check_image(data)
+                if why is None: file_digest(reader, k, data)          # the bytes are here: fingerprints are free
             else: reader.check(k)                      # unverified: its kind and size only, nothing is read
         except UnreadableFile as e: why = str(e)
         except OSError as e: why = f"cannot read ({e.strerror or e})"
@@ -451,7 +469,7 @@ def embedded_target(verify:bool=False)->ImageSet:
     "The embedded CIFAR-10 target set: 5,000 labelled 32x32 images, 10 classes."
     return image_folder(asset("cifar10-target.zip"), verify=verify, name=EMBEDDED)
 
-# %% ../nbs/01_data.ipynb 25
+# %% ../nbs/01_data.ipynb 27
 TORCHVISION = {"cifar10": ("CIFAR10", dict(train=False)), "cifar100": ("CIFAR100", dict(train=False)),
                "eurosat": ("EuroSAT", {}), "dtd": ("DTD", dict(split="test")),
                "food101": ("Food101", dict(split="test")),
@@ -479,7 +497,7 @@ def torchvision_set(name:str, root="~/.cache/latteclip/data", download:bool=Fals
                                or [ds[i][1] for i in range(len(ds))])]
     return ImageSet(TorchvisionReader(ds), [str(i) for i in range(len(ds))], labels, list(classes), name)
 
-# %% ../nbs/01_data.ipynb 27
+# %% ../nbs/01_data.ipynb 29
 def open_data(data:str=None, # folder, .zip/.tar, a torchvision name, or None for the embedded set
               classes:list|str=None, # class names (a list or "a,b,c"); needed for a flat folder
               shift:str|Shift=None, # e.g. "fog:5"; None: none

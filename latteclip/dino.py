@@ -10,11 +10,11 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from safetensors.torch import load_file
 from .core import LatteError, progress, default_device, ASSETS
-from .data import open_data
+from .data import open_data, ImageSet
 
 # %% auto 0
-__all__ = ['DINO_TINY', 'DINO_CFG', 'tiny_vit', 'SSLModel', 'load_ssl', 'random_crops', 'colour', 'multicrop', 'DINOHead',
-           'dino_loss', 'cosine', 'knn_top1', 'knn_report']
+__all__ = ['DINO_TINY', 'DINO_CFG', 'tiny_vit', 'SSLModel', 'check_ssl', 'load_ssl', 'random_crops', 'colour', 'multicrop',
+           'DINOHead', 'dino_loss', 'cosine', 'knn_top1', 'knn_report']
 
 # %% ../nbs/06_dino.ipynb 4
 DINO_TINY = "latteclip-dino-tiny"
@@ -57,6 +57,38 @@ class SSLModel:
     def __repr__(self): return f"SSLModel({self.name}, {self.kind}, {self.size}px)"
 
 # %% ../nbs/06_dino.ipynb 5
+def check_ssl(name:str=DINO_TINY, weights:str=None)->Path|None:
+    ("What can be checked of `--ssl`/`--ssl-weights` before any work: for the shipped model, that the weights file is "
+     "safetensors holding exactly its tensors (returned; None: random); for others, that timm knows the name.")
+    if name != DINO_TINY:
+        if weights not in (None, ""): raise LatteError(f"--ssl-weights applies to {DINO_TINY} only, not to --ssl {name}.")
+        arch = name[5:] if name.startswith("timm:") else name
+        hf = name.startswith("hf:") or Path(name).expanduser().is_dir() or ("/" in name and not name.startswith("timm:"))
+        if not hf:
+            import timm
+            if not timm.list_models(arch.split(".")[0]):
+                raise LatteError(f"--ssl {arch!r} is neither a timm model nor a transformers id: try "
+                                 "vit_small_patch16_224.dino or facebook/dinov2-small.")
+        return None
+    if weights == "random": return None
+    f = Path(weights).expanduser() if weights else ASSETS / f"{DINO_TINY}.safetensors"
+    if not f.is_file():
+        raise LatteError(f"--ssl-weights {f} {'is a folder' if f.is_dir() else 'does not exist'}: pass the "
+                         f".safetensors file `latteclip pretrain-dino` wrote, or random.")
+    if f.suffix != ".safetensors":
+        raise LatteError(f"--ssl-weights {f} is not a .safetensors file; only safetensors weights are loaded.")
+    from safetensors import safe_open, SafetensorError
+    try:
+        with safe_open(str(f), "pt") as fh: have = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LatteError(f"--ssl-weights {f} cannot be read as safetensors ({str(e)[:80]}).") from None
+    want = {k: tuple(v.shape) for k, v in tiny_vit().state_dict().items()}
+    if have != want:
+        odd = sorted(set(have) ^ set(want)) or sorted(k for k in want if have[k] != want[k])
+        raise LatteError(f"--ssl-weights {f} does not hold {DINO_TINY}'s weights ({len(odd)} tensors differ, e.g. "
+                         f"{odd[0]}): pass a file `latteclip pretrain-dino` wrote.")
+    return f
+
 def load_ssl(
     # "latteclip-dino-tiny", a timm name (`timm:` optional), a transformers id (`hf:` optional) or a local folder
     name:str=DINO_TINY,
@@ -66,14 +98,8 @@ def load_ssl(
     device = torch.device(device) if device else default_device()
     if name == DINO_TINY:
         net = tiny_vit()
-        if weights != "random":
-            f = Path(weights) if weights else ASSETS / f"{DINO_TINY}.safetensors"
-            if not f.exists():
-                raise LatteError(f"No weights for {DINO_TINY} at {f}: run `latteclip pretrain-dino` or pass "
-                                 "--ssl-weights random.")
-            if f.suffix != ".safetensors":
-                raise LatteError(f"--ssl-weights {f} is not a .safetensors file; only safetensors weights are loaded.")
-            net.load_state_dict({k: v.float() for k, v in load_file(str(f)).items()})
+        f = check_ssl(name, weights)
+        if f is not None: net.load_state_dict({k: v.float() for k, v in load_file(str(f)).items()})
         return SSLModel(net, name, DINO_CFG["img_size"], DINO_CFG["mean"], DINO_CFG["std"], "timm", device)
     from latteclip.hf import offline, first_line
     p = Path(name).expanduser()
@@ -187,10 +213,12 @@ def knn_top1(bank:torch.Tensor, bank_labels, query:torch.Tensor, query_labels, k
         right += (votes.argmax(1) == ql[i:i + chunk]).sum().item()
     return 100. * right / len(query)
 
-def knn_report(ssl:SSLModel, bank_data:str, target:str="embedded", per_class:int=None, k:int=20)->dict:
+def knn_report(ssl:SSLModel, bank_data, # the labelled bank: what `open_data` takes, or an `ImageSet`
+               target="embedded", # the clean images scored (the same)
+               per_class:int=None, k:int=20)->dict:
     "k-NN top-1 of `ssl` features on the clean `target` set, with every image of `bank_data` as the labelled bank."
     from latteclip.pixels import load_pixels
-    bank_ds, tgt = open_data(bank_data, verify=False), open_data(target, verify=False)
+    bank_ds, tgt = (d if isinstance(d, ImageSet) else open_data(d) for d in (bank_data, target))
     if not (bank_ds.has_labels and tgt.has_labels): return {}
     bank_lab = np.array(bank_ds.labels)
     keep = np.arange(len(bank_ds))

@@ -98,6 +98,8 @@ _TRACKERS = contextvars.ContextVar("latteclip_trackers", default=())
 def tracker_kinds(report_to:str)->list:
     "The trackers `report_to` names (checked: known, and their package installed), before any work starts."
     kinds = list(dict.fromkeys(k.strip() for k in (report_to or "").split(",") if k.strip() not in ("", "none")))
+    if report_to not in (None, "", "none") and not kinds and report_to.strip() not in ("none",):
+        raise LatteError(f"--report-to {report_to!r} names no tracker: choose tensorboard or wandb, or none.")
     for k in kinds:
         if k not in ("tensorboard", "wandb"):
             raise LatteError(f"--report-to {k}: choose tensorboard or wandb (comma-separated), or none.")

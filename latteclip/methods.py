@@ -10,15 +10,17 @@ from dataclasses import dataclass, field, fields, is_dataclass, asdict, MISSING
 from pathlib import Path
 from typing import Callable
 from fastcore.docments import docments
-from .core import LatteError, out_dir, seed_everything, reset_peak_rss, default_device, run_files, outside_data
+from .core import (LatteError, out_dir, seed_everything, reset_peak_rss, default_device, run_files, outside_data,
+                            check_seed, check_device)
 from .data import open_data, NeedsClasses, EMBEDDED
 from .models import load_clip
 from .distributed import Dist, process_group
 from .loop import tracking, tracker_kinds
 
 # %% auto 0
-__all__ = ['RUN_ARGS', 'DEFAULT_HOLDOUT', 'Method', 'RunContext', 'flag_name', 'setting_rows', 'register', 'load', 'get', 'group',
-           'settings_of', 'open_eval', 'holdout_for', 'split_holdout', 'check_holdout', 'run_config', 'run_method']
+__all__ = ['RUN_ARGS', 'DEFAULT_HOLDOUT', 'RESUME_FREE', 'Method', 'RunContext', 'flag_name', 'setting_rows', 'register', 'load',
+           'get', 'group', 'settings_of', 'open_eval', 'holdout_for', 'split_holdout', 'check_holdout', 'run_config',
+           'trained_on', 'check_resume', 'run_method']
 
 # %% ../nbs/09_methods.ipynb 5
 @dataclass
@@ -33,7 +35,7 @@ class Method:
     columns: tuple = ()        # of those, the ones `compare` puts in its table
     summary: Callable = None   # `summary(metrics)` -> the line `latteclip run` prints
     check: Callable = None     # `check(cfg)` before any data is read; what it returns is `ctx.prepared`
-    check_data: Callable = None  # `check_data(cfg, ds)` once the data is open, before the model is loaded
+    check_data: Callable = None  # `check_data(cfg, ds, prepared)` once the data is open, before the model is loaded
     groups: tuple = ("all",)   # the named sets of `compare --methods` it belongs to (`all`, `ablation`)
     data_parallel: bool = True # trains in every process of a launched group (False: the first process does it all)
     resumable: bool = True     # keeps checkpoints, so `--resume` means something
@@ -199,6 +201,40 @@ def run_config(method:Method, cfg, # the method and its settings (a dataclass)
                 eval_data=_spec(eval_data), eval_shift=eval_shift, holdout=holdout, report_to=report_to,
                 settings={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()})
 
+RESUME_FREE = ("text_cache", "gen_batch_size", "gen_device_map")   # settings a resumed run may change
+
+def trained_on(method:Method, cfg, ds, model:str, pretrained:str=None)->dict:
+    ("What a run's checkpoints were trained on: the method, the model, the classes, the images' content (`ImageSet."
+     "fingerprint`) and every setting but those in `RESUME_FREE`.")
+    return dict(method=method.name, model=model, pretrained=pretrained, classes=list(ds.classes), n_images=len(ds),
+                data=ds.fingerprint(),
+                settings={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()
+                          if k not in RESUME_FREE})
+
+def check_resume(folder:Path, # the run's checkpoint folder
+                 now:dict, # `trained_on` of this run
+                 method:Method, resume:bool, write:bool=True, # write: this process records `now` (the first one)
+                ):
+    ("With `resume` and a checkpoint in `folder`: one sentence unless it was trained on what `now` says; otherwise "
+     "`now` is recorded (`trained_on.json`) for a later `--resume`.")
+    f = folder / "trained_on.json"
+    if resume and (folder / "state.pt").exists():
+        try: old = json.loads(f.read_text())
+        except (OSError, ValueError):
+            raise LatteError(f"The checkpoint in {folder} does not say what it was trained on (an older latteclip wrote "
+                             "it, or it is damaged): run again without --resume.") from None
+        words = dict(method="--method", model="--model", pretrained="--pretrained", classes="classes",
+                     n_images="number of images", data="images (their content)")
+        diff = [words[k] for k in words if old.get(k) != now[k]]
+        s_old, s_now = old.get("settings", {}), now["settings"]
+        diff += [flag_name(method.settings, k) or k for k in s_now if s_old.get(k) != s_now[k]]
+        if diff:
+            raise LatteError(f"--resume: the checkpoint in {folder} was trained with other {', '.join(diff)}: run with "
+                             "the same ones, or without --resume (or with another --out) to start afresh.")
+    elif write:
+        folder.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(now, indent=1) + "\n")
+
 def run_method(method:str="latteclip", # a registered method (see `load`)
                data=None, classes=None, shift=None, # what `open_data` takes (default: the embedded set)
                model:str="latteclip-tiny", pretrained:str=None, # what `load_clip` takes
@@ -214,6 +250,8 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
     ("Run `method` end to end and write its files (and `config.json`) into `out`; returns its metrics (None in all but "
      "the first process).")
     m = get(method)
+    check_seed(seed)
+    check_device(device)
     if resume and not m.resumable: raise LatteError(f"{method} keeps no checkpoints to resume from: drop --resume.")
     cfg = m.config(**settings_of(m, seed, settings))                           # impossible settings fail here
     tracker_kinds(report_to)
@@ -230,7 +268,7 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
         ds, ev = split_holdout(full, holdout, seed)
         if eval_shift is not None: ev = ev.with_shift(eval_shift)
     else: ev = open_eval(eval_data, eval_shift, ds)
-    if m.check_data is not None: m.check_data(cfg, ds)
+    if m.check_data is not None: m.check_data(cfg, ds, prepared)
     pg = process_group(device)                                                 # several processes: join the group first
     if pg is not None and not m.data_parallel and not pg.is_main_process: return None
     dist = None
@@ -241,6 +279,9 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
     out = out or f"runs/{method}"
     outside_data(out, data); outside_data(out, eval_data, "--eval-data")
     out = out_dir(out)                                                         # made once data and model are good
+    if m.resumable:                                                            # a checkpoint trained on other data: no
+        check_resume(out / "checkpoints", trained_on(m, cfg, ds, model, pretrained), m, resume,
+                     pg is None or pg.is_main_process)
     ctx = RunContext(m, cfg, ds, clip, out, t0, seed, resume, data, dist, prepared, ev)
     with tracking(report_to, method, out) as trackers, run_files(out) as f:   # config.json with the run's files
         r = m.run(ctx)

@@ -12,8 +12,8 @@ from .core import LatteError, progress, default_device, asset, ASSETS
 
 # %% auto 0
 __all__ = ['TINY', 'TINY_CFG', 'TINY_WEIGHTS', 'WEIGHT_FILES', 'TEMPLATE', 'ENSEMBLE', 'register_tiny', 'Clip', 'model_folder',
-           'load_clip', 'clamp_logit_scale', 'loader', 'encode_images', 'encode_tokens', 'encode_texts',
-           'templates_for', 'zeroshot_classifier', 'zeroshot_logits']
+           'check_weights_file', 'load_clip', 'clamp_logit_scale', 'loader', 'encode_images', 'encode_tokens',
+           'encode_texts', 'templates_for', 'zeroshot_classifier', 'zeroshot_logits']
 
 # %% ../nbs/02_models.ipynb 5
 TINY = "latteclip-tiny"
@@ -122,6 +122,19 @@ def _load_named(model:str, device)->Clip:
     m.eval()
     return Clip(m, preprocess, open_clip.get_tokenizer(model), model, str(weights) if weights else model, device)
 
+def check_weights_file(path:Path, flag:str="--pretrained")->str:
+    "`path` (as a string) when it looks like a weights file (safetensors, torch.save's zip, a pickle); else one sentence."
+    if path.is_dir():
+        raise LatteError(f"{flag} {path} is a folder: pass the weights file in it (or --model local-dir:{path} for an "
+                         "open_clip folder).")
+    try:
+        with open(path, "rb") as fh: head = fh.read(16)
+    except OSError as e: raise LatteError(f"{flag} {path} cannot be read ({e.strerror}).") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or head[8:9] == b"{"):  # zip, pickle, safetensors
+        what = "it is empty" if not head else "neither safetensors nor what torch.save writes"
+        raise LatteError(f"{flag} {path} is not a weights file ({what}): pass a checkpoint.")
+    return str(path)
+
 def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32", or "latteclip-tiny"
               pretrained:str=None, # an open_clip tag, a local checkpoint path, or None (shipped/random weights)
               device=None, # default: CUDA if present, else CPU
@@ -150,7 +163,7 @@ def load_clip(model:str=TINY, # an open_clip architecture name, e.g. "ViT-B-32",
             raise LatteError(f"'{pretrained}' is neither a checkpoint file nor a pretrained tag of {model} "
                              f"({_describe_pretrained(model, pretrained)}).")
         _weights_reachable(model, pretrained)                                 # seconds, not minutes of retries
-    elif pretrained is not None: pretrained = str(Path(pretrained).expanduser())
+    elif pretrained is not None: pretrained = check_weights_file(Path(pretrained).expanduser())
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -237,8 +250,12 @@ def templates_for(spec:str|list|None)->list:
     if spec is None or spec == "single": return [TEMPLATE]
     if spec == "ensemble": return list(ENSEMBLE)
     ts = spec if isinstance(spec, list) else str(spec).split("|")
-    if not ts or any("{}" not in t for t in ts):
-        raise LatteError(f"Each template needs a {{}} for the class name: {spec}")
+    for t in ts or [""]:
+        try: ok = isinstance(t, str) and t.count("{}") == 1 and t.format("x") != t
+        except (ValueError, IndexError, KeyError): ok = False                  # a lone brace, {0} {1}, {name}
+        if not ok:
+            raise LatteError(f"--templates {spec!r}: each '|'-separated template needs a {{}} for the class name, "
+                             f"exactly once, and no other braces ({t!r} has not), or use single or ensemble.")
     return ts
 
 def zeroshot_classifier(clip:Clip, classes:list, # class names

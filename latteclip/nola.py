@@ -45,6 +45,8 @@ class NoLAConfig:
         check_settings([(self.n_prompts >= 1, "--n-prompts must be at least 1"),
                         (self.top_k is None or self.top_k >= 1, "--nola-top-k must be at least 1"),
                         (0 <= self.threshold < 1, "--nola-threshold must be in [0, 1)"),
+                        (self.randaug_ops >= 0, "--randaug-ops must be >= 0"),
+                        (0 <= self.randaug_magnitude <= 30, "--randaug-magnitude must be from 0 to 30"),
                         (self.head_epochs >= 1 and self.head_lr > 0,
                          "the alignment head needs head_epochs >= 1 and head_lr > 0")], loop=self)
 
@@ -328,8 +330,16 @@ class NoLASettings(NoLAConfig, TextGen):
         return self.descriptors != "shipped" and not str(self.descriptors).endswith(".json")
 
 def _nola_check(cfg:NoLASettings):
-    "The text cache of an LLM's descriptions, opened (and a damaged one refused) before any data is read."
+    ("The self-supervised model's name and weights checked, and the text cache of an LLM's descriptions opened (a "
+     "damaged one refused), before any data is read.")
+    from latteclip.dino import check_ssl
+    check_ssl(cfg.ssl, cfg.ssl_weights)
     return TextCache(cfg.text_cache_path()) if cfg.uses_llm() else None
+
+def _nola_check_data(cfg:NoLASettings, ds, cache):
+    "A descriptor file (or the shipped one) must describe every class of the data: checked before the model loads."
+    from latteclip.descriptors import load_descriptors
+    if not cfg.uses_llm(): load_descriptors(cfg.descriptors, ds.classes)
 
 def _write_nola_labels(path, ds, r):
     "`pseudo_labels.csv`: both labellings of every image, whether it is in the confident set, and NoLA's prediction."
@@ -381,7 +391,7 @@ register(Method("nola", NoLASettings, _run_nola, "NoLA (2024): LLM class descrip
                 "visual prompts trained FixMatch-style",
                 metrics=("zeroshot_top1", "descriptor_top1", "topk_top1", "head_top1", "descriptor_per_class",
                          "head_per_class", "top_k", "ssl", "n_prompts", "config", "history"),
-                columns=("zeroshot_top1",), summary=_nola_summary, check=_nola_check))
+                columns=("zeroshot_top1",), summary=_nola_summary, check=_nola_check, check_data=_nola_check_data))
 
 # %% ../nbs/22_nola.ipynb 27
 @torch.no_grad()

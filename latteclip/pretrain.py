@@ -4,7 +4,7 @@
 
 # %% ../nbs/23_pretrain.ipynb 2
 from __future__ import annotations
-import json, os
+import json, math, os
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from .core import LatteError, seed_everything, default_device, out_dir, write_json, peak_rss_mb
+from .core import (LatteError, seed_everything, default_device, out_dir, write_json, peak_rss_mb, check_settings,
+                            check_seed, check_device)
 from .data import open_data
 from .attributes import measure, words, caption
 from .models import TINY, TINY_CFG, load_clip, zeroshot_classifier, TEMPLATE, clamp_logit_scale
@@ -21,7 +22,7 @@ from .loop import fit, LossStep
 from .distributed import Dist
 
 # %% auto 0
-__all__ = ['Captioner', 'PretrainLog', 'holdout', 'finish_pretraining', 'pretrain']
+__all__ = ['Captioner', 'PretrainLog', 'holdout', 'check_schedule', 'finish_pretraining', 'pretrain']
 
 # %% ../nbs/23_pretrain.ipynb 5
 class Captioner:
@@ -58,6 +59,18 @@ def holdout(labels:np.ndarray, classes, # the images' labels and the classes to 
         val_idx += list(idx[:nv])
         tr_idx += list(idx[nv:][:per_class])
     return val_idx, tr_idx
+
+def check_schedule(epochs:int, batch_size:int, lr:float, seed:int, per_class:int|None, stop_after:int|None,
+                   device, # the schedule of a pre-training, and its device
+                   *extra, # more `(condition, message)` pairs
+                  )->torch.device:
+    "One sentence for every impossible setting of a pre-training (before anything is read or written); its device."
+    check_settings([(epochs >= 1, "--epochs must be at least 1"), (batch_size >= 2, "--batch-size must be at least 2"),
+                    (math.isfinite(lr) and lr > 0, "--lr must be a finite number above 0"),
+                    (per_class is None or per_class >= 1, "--per-class must be at least 1"),
+                    (stop_after is None or stop_after >= 1, "--stop-after must be at least 1"), *extra])
+    check_seed(seed)
+    return check_device(device) or default_device()
 
 def finish_pretraining(hist:PretrainLog, out:Path, log_name:str, # the log, the run folder, e.g. "pretrain.json"
                        weights:dict, name:str, # the tensors to ship, and their name (`{name}.safetensors`)
@@ -109,29 +122,38 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
              stop_after:int=None, # stop (with a checkpoint to resume from) after this epoch
             )->dict:
     "Pre-train `latteclip-tiny` from scratch; returns the log and writes `out/latteclip-tiny.safetensors` (fp16)."
-    out = out_dir(out)
-    seed_everything(seed)
-    device = torch.device(device) if device else default_device()
-    clip = load_clip(TINY, pretrained="random", device=device)
-    ds = open_data(data, verify=False)
+    device = check_schedule(epochs, batch_size, lr, seed, per_class, stop_after, device,
+                            (weight_decay >= 0, "--weight-decay must be at least 0"),
+                            (val_per_class >= 1, "--val-per-class must be at least 1"))
+    ds = open_data(data)                                   # every file checked: a bad one is skipped and listed
     if not ds.has_labels:
         raise LatteError("Pre-training needs class sub-folders (the folder names become the captions).")
     lab = np.array(ds.labels)
+    few = [(c, int((lab == k).sum())) for k, c in enumerate(ds.classes) if (lab == k).sum() <= val_per_class]
+    if few:
+        raise LatteError(f"--val-per-class {val_per_class} leaves no training image of {few[0][0]} ({few[0][1]} "
+                         f"images): lower it.")
     val_idx, tr_idx = holdout(lab, range(len(ds.classes)), lambda n: val_per_class, per_class,
                               np.random.default_rng(seed))
+    if len(tr_idx) // batch_size == 0:
+        raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
+    out = out_dir(out)                                     # made once the settings and the data are good
+    seed_everything(seed)
+    clip = load_clip(TINY, pretrained="random", device=device)
     pixels = load_pixels(ds, clip.image_size)
     tr_px, va_px = pixels[tr_idx], pixels[val_idx]
     captioner, tokens = Captioner(tr_px, lab[tr_idx], ds.classes), _Tokens(clip.tokenizer)
     dist = Dist(device, precision)
     model, norm, clip_loss = clip.model, normalizer(clip), __import__("open_clip").loss.ClipLoss()
-    if len(tr_idx) // batch_size == 0:
-        raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * (len(tr_idx) // batch_size),
                                                 pct_start=0.1)
     hist = PretrainLog(dict(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                             n_train=len(tr_idx), n_val=len(val_idx), seed=seed, bf16=dist.precision == "bf16",
                             model=TINY_CFG))
+    if ds.skipped:                                         # listed in pretrain.json
+        hist.config["skipped"] = list(ds.skipped)
+        print(f"skipped {len(ds.skipped)} unreadable files (listed in {out / 'pretrain.json'})", flush=True)
     def forward(x, t):
         with dist.autocast():
             f, h, s = model(x, t)

@@ -10,14 +10,14 @@ from pathlib import Path
 from types import SimpleNamespace
 import numpy as np
 import torch, torch.nn as nn
-from .core import LatteError, seed_everything, default_device, out_dir, write_json
+from .core import LatteError, seed_everything, default_device, out_dir, write_json, check_settings
 from .data import open_data
 from .pixels import load_pixels
 from .loop import fit, LossStep
 from .distributed import Dist
 from .dino import (DINO_TINY, DINO_CFG, tiny_vit, DINOHead, SSLModel, multicrop, dino_loss, cosine,
                             knn_top1, knn_report, load_ssl)
-from .pretrain import PretrainLog, holdout, finish_pretraining
+from .pretrain import PretrainLog, holdout, finish_pretraining, check_schedule
 
 # %% auto 0
 __all__ = ['pretrain_dino']
@@ -83,13 +83,18 @@ def pretrain_dino(
                   resume:bool=False, device=None, stop_after:int=None)->dict:
     ("Pre-train `latteclip-dino-tiny` with DINO on `data`; writes `out/latteclip-dino-tiny.safetensors` and "
      "`out/dino.json`.")
-    out = out_dir(out)
-    seed_everything(seed)
-    device = torch.device(device) if device else default_device()
-    ds = open_data(data, verify=False)
+    device = check_schedule(epochs, batch_size, lr, seed, per_class, stop_after, device,
+                            (n_local >= 0, "--n-local must be at least 0"), (out_dim >= 1, "out_dim must be at least 1"),
+                            (0 <= momentum < 1, "the teacher momentum must be in [0, 1)"))
+    ds = open_data(data)                                   # every file checked: a bad one is skipped and listed
+    tgt = open_data(target, flag="--target") if target is not None else None   # before any training
     lab = np.array(ds.labels) if ds.has_labels else np.zeros(len(ds), int)
     rng = np.random.default_rng(seed)
     val_idx, tr_idx = holdout(lab, np.unique(lab), lambda n: min(50, n // 10), per_class, rng)  # 50: the k-NN curve
+    if len(tr_idx) // batch_size == 0:
+        raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
+    out = out_dir(out)                                     # made once the settings and the data are good
+    seed_everything(seed)
     pixels = _dino_pixels(ds, out, resume)
     tr_px, va_px = torch.from_numpy(pixels[tr_idx]), pixels[val_idx]
     bank_idx = rng.permutation(len(tr_idx))[:5000]
@@ -98,13 +103,14 @@ def pretrain_dino(
     for p in teacher.parameters(): p.requires_grad_(False)
     ssl = SSLModel(teacher[0], DINO_TINY, DINO_CFG["img_size"], DINO_CFG["mean"], DINO_CFG["std"], "timm", device)
     steps, dist = len(tr_idx) // batch_size, Dist(device, precision)
-    if steps == 0:
-        raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
     dino = _DINOStep(student, teacher, dist, lambda v: (v - ssl.mean) / ssl.std, epochs * steps, steps, lr,
                      batch_size, momentum, n_local, out_dim)
     hist = PretrainLog(dict(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, n_local=n_local,
                             out_dim=out_dim, momentum=momentum, n_train=len(tr_idx), n_val=len(val_idx), seed=seed,
                             bf16=dist.precision == "bf16", model=DINO_CFG))
+    if ds.skipped:                                         # listed in dino.json
+        hist.config["skipped"] = list(ds.skipped)
+        print(f"skipped {len(ds.skipped)} unreadable files (listed in {out / 'dino.json'})", flush=True)
     def end_epoch(h, epoch, parts, seconds):
         val = knn_top1(ssl.encode(tr_px[bank_idx]), lab[tr_idx][bank_idx], ssl.encode(va_px), lab[val_idx])
         loss = float(np.mean([p[0] for p in parts]))
@@ -121,6 +127,6 @@ def pretrain_dino(
     log = finish_pretraining(hist, out, "dino.json", teacher[0].state_dict(), DINO_TINY, epochs=epochs, seed=seed,
                              method="DINO")
     if target is not None and "weights" in log:
-        log.update(knn_report(load_ssl(DINO_TINY, weights=log["weights"], device=device), data, target, per_class))
+        log.update(knn_report(load_ssl(DINO_TINY, weights=log["weights"], device=device), ds, tgt, per_class))
         write_json(log, out / "dino.json")
     return log

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_pseudolabels.ipynb 2
 from __future__ import annotations
-import os
+import hashlib, os
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -14,25 +14,38 @@ from .core import stable_hash
 from .models import TEMPLATE, encode_images, zeroshot_classifier, zeroshot_logits
 
 # %% auto 0
-__all__ = ['cache_dir', 'model_id', 'data_id', 'PseudoLabels', 'pseudo_labels']
+__all__ = ['cache_dir', 'file_hash', 'model_id', 'data_id', 'PseudoLabels', 'pseudo_labels']
 
 # %% ../nbs/10_pseudolabels.ipynb 4
-def cache_dir(sub:str="")->Path:
-    "Where latteclip keeps caches: `$LATTECLIP_CACHE` or `~/.cache/latteclip`."
+def cache_dir(sub:str="", make:bool=True)->Path:
+    "Where latteclip keeps caches: `$LATTECLIP_CACHE` or `~/.cache/latteclip` (made unless `make` is False)."
     p = Path(os.environ.get("LATTECLIP_CACHE", "~/.cache/latteclip")).expanduser() / sub
-    p.mkdir(parents=True, exist_ok=True)
+    if make: p.mkdir(parents=True, exist_ok=True)
     return p
 
+_WEIGHTS = {}   # (path, size, mtime) -> the hash of the file's bytes, once a process
+
+def file_hash(path)->str:
+    "A hash of the bytes of the file at `path`, read in 16 MB blocks (once a process while it is unchanged)."
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _WEIGHTS:
+        h = hashlib.blake2b(digest_size=16)
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""): h.update(block)
+        _WEIGHTS[key] = h.hexdigest()
+    return _WEIGHTS[key]
+
 def model_id(clip)->str:
-    "A short id of a model's weights: name plus the checkpoint file's name, size and mtime (or 'random')."
+    "A short id of a model's weights: its name and the content of its checkpoint file (or its tag, or 'random')."
     if not clip.pretrained: return f"{clip.name}-random"
     p = Path(clip.pretrained)
-    tag = stable_hash(p.name, p.stat().st_size, int(p.stat().st_mtime)) if p.exists() else clip.pretrained
-    return f"{clip.name}-{tag}"
+    return f"{clip.name}-{file_hash(p) if p.is_file() else clip.pretrained}"
 
 def data_id(ds)->str:
-    "A short id of an `ImageSet`: its files, classes and shift (never its labels)."
-    return stable_hash(ds.name, ds.keys, ds.classes, str(ds.shift))
+    "A short id of an `ImageSet`: the content of its files, its classes and shift (never its labels)."
+    return ds.fingerprint()
 
 @dataclass
 class PseudoLabels:

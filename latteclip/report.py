@@ -90,6 +90,11 @@ def _latteclip_check(cfg:LatteCLIPSettings)->tuple:
     if cfg.kinds == ("class",): return None, None                            # class descriptions only: no generation
     return make_describer(cfg.describer, **cfg.gen()), TextCache(cfg.text_cache_path())
 
+def _latteclip_check_data(cfg:LatteCLIPSettings, ds, prepared):
+    "A `jsonl:` describer's image records matched to the images adapted to, before the model is loaded."
+    describer = prepared[0] if prepared else None
+    if isinstance(describer, JsonlDescriber) and "image" in cfg.kinds: describer.match(ds.keys, "images adapted to")
+
 def _class_texts(ds, labels)->Texts:
     "Texts of class descriptions only: every image's text is its pseudo-class's description."
     cls = [TEMPLATE.format(c) for c in ds.classes]
@@ -169,7 +174,8 @@ for _name, (_doc, _defaults, _groups) in VARIANTS.items():
                     metrics=("zeroshot_top1", "zeroshot_per_class_mean", "top1_text", "top1_prototypes", "classifier",
                              "describer", "text_calls", "config", "history"),
                     columns=("zeroshot_top1", "top1_text", "top1_prototypes"),
-                    summary=_latteclip_summary, check=_latteclip_check))
+                    summary=_latteclip_summary, check=_latteclip_check,
+                    check_data=_latteclip_check_data))
 
 # %% ../nbs/16_report.ipynb 10
 def write_report(out, # the run's folder
@@ -263,7 +269,7 @@ def method_list(methods)->list:
     methods = [m.strip() for m in methods if m.strip()]
     known = load()
     bad = [m for m in methods if m not in known]
-    if bad: raise LatteError(f"Unknown method(s) {', '.join(bad)}: choose from {', '.join(known)}.")
+    if bad: raise LatteError(f"--methods: unknown method(s) {', '.join(bad)}: choose from {', '.join(known)}.")
     if not methods: raise LatteError("--methods names no method: give a comma-separated list, all or ablation.")
     return methods
 

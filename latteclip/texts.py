@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_texts.ipynb 3
 from __future__ import annotations
-import codecs, json, os, re, warnings
+import codecs, errno, json, os, re, sys, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -93,33 +93,75 @@ class AttributeDescriber:
         return out
 
 # %% ../nbs/11_texts.ipynb 12
-def read_jsonl(path, required=("text",))->list:
-    "Records of a JSONL file; a `LatteError` naming the line of the first malformed record."
+def read_jsonl(path, required=("text",), # fields every record must have, as strings
+               optional=(), # fields a record may have, as strings when it does
+              )->list:
+    "Records (JSON objects, UTF-8) of a JSONL file; a `LatteError` naming the line of the first malformed record."
+    p = Path(path)
+    if p.is_dir(): raise LatteError(f"{path} is a folder, not a JSONL file: pass the file itself.")
+    try: raw = p.read_bytes().removeprefix(codecs.BOM_UTF8)
+    except OSError as e: raise LatteError(f"{path} cannot be read ({e.strerror or e}).") from None
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip(): continue
-            try: rec = json.loads(line)
-            except json.JSONDecodeError as e: raise LatteError(f"{path}, line {n}: not valid JSON ({e.msg}).") from None
-            if not isinstance(rec, dict) or any(not isinstance(rec.get(k), str) for k in required):
-                raise LatteError(f"{path}, line {n}: a record needs the string field(s) {', '.join(required)}.")
-            out.append(rec)
+    for n, line in enumerate(raw.split(b"\n"), 1):
+        try: line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise LatteError(f"{path}, line {n}: not UTF-8 text (save the file as UTF-8).") from None
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except json.JSONDecodeError as e: raise LatteError(f"{path}, line {n}: not valid JSON ({e.msg}).") from None
+        if not isinstance(rec, dict) or any(not isinstance(rec.get(k), str) for k in required):
+            raise LatteError(f"{path}, line {n}: a record needs the string field(s) {', '.join(required)}.")
+        bad = [k for k in optional if k in rec and not isinstance(rec[k], str)]
+        if bad:
+            raise LatteError(f"{path}, line {n}: the field {bad[0]} must be a string, not {type(rec[bad[0]]).__name__} "
+                             f"({json.dumps(rec[bad[0]])[:40]}).")
+        out.append(rec)
     return out
 
+def _parts(path:str)->tuple:
+    "A record's or a file key's path as its parts (`/` or `\\` separated; the root, `.` and empty parts dropped)."
+    return tuple(p for p in path.replace("\\", "/").split("/") if p not in ("", "."))
+
 class JsonlDescriber:
-    "Texts from a JSONL file produced elsewhere."
+    ("Texts from a JSONL file produced elsewhere: an image record's `path` is matched to a file by the path relative to "
+     "the data root (an absolute or longer path: by its last parts), a group record by its `class`.")
     # nothing to generate: every process reads the file
     batch_size, shard = 1024, False
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.exists(): raise LatteError(f"The text file {path} does not exist.")
-        recs = read_jsonl(self.path)
-        self.by_path = {r["path"]: r["text"] for r in recs if "path" in r}
-        self.by_path.update({Path(r["path"]).name: r["text"] for r in recs if "path" in r})
+        recs = read_jsonl(self.path, optional=("path", "class"))
+        self.images = [(r["path"], r["text"]) for r in recs if "path" in r]
+        self._ends = {}                                              # every tail of every record's path -> records
+        for i, (p, _) in enumerate(self.images):
+            parts = _parts(p)
+            for j in range(len(parts)): self._ends.setdefault(parts[j:], []).append(i)
         self.by_class = {}
         for r in recs:
             if "class" in r: self.by_class.setdefault(r["class"], []).append(r["text"])
         self.id, self._turn = f"jsonl-{stable_hash(self.path.read_bytes())}", {}
+    def record_of(self, key:str)->int|None:
+        "The image record of file `key` (its path relative to the data root); two records that both fit: one sentence."
+        found = self._ends.get(_parts(key), [])
+        if len({self.images[i][1] for i in found}) > 1:
+            a, b = (self.images[i][0] for i in found[:2])
+            raise LatteError(f"{self.path}: the records {a} and {b} both fit the image {key}: give each record's path "
+                             "relative to the data folder.")
+        return found[0] if found else None
+    def match(self, keys:list, # the file keys of the images to describe
+              what:str="images")->dict:
+        ("Match the image records to `keys` before any work: an image without a record is one sentence, records "
+         "that fit no image are said in a warning; returns the counts.")
+        hits = {k: self.record_of(k) for k in keys}
+        missing = [k for k, i in hits.items() if i is None]
+        if missing:
+            raise LatteError(f"{self.path} has no description for {len(missing)} of the {len(keys)} {what} (first: "
+                             f"{missing[0]}): give a record for each, its path relative to the data folder.")
+        unused = sorted(set(range(len(self.images))) - set(hits.values()))
+        if unused:
+            print(f"warning: {len(unused)} of the {len(self.images)} image records of {self.path} fit none of the "
+                  f"{len(keys)} {what} (first: {self.images[unused[0]][0]}).", file=sys.stderr, flush=True)
+        return dict(images=len(keys), records=len(self.images), unused=len(unused))
     def describe(self, requests:list)->list:
         out = []
         for r in requests:
@@ -132,9 +174,9 @@ class JsonlDescriber:
                 self._turn[r.name] = j + 1
                 out.append(texts[j % len(texts)])
             else:
-                t = self.by_path.get(r.key, self.by_path.get(Path(r.key).name))
-                if t is None: raise LatteError(f"{self.path} has no description for image {r.key}.")
-                out.append(t)
+                i = self.record_of(r.key)
+                if i is None: raise LatteError(f"{self.path} has no description for image {r.key}.")
+                out.append(self.images[i][1])
         return out
 
 # %% ../nbs/11_texts.ipynb 14
@@ -168,10 +210,17 @@ class TextCache:
         self.path = Path(path)
         self.texts, self.records = {}, {}
         if self.path.exists(): self._load()
-        try: self.path.parent.mkdir(parents=True, exist_ok=True)
+        up = self.path.parent                                        # made at the first record, not before
+        while not up.exists() and up != up.parent: up = up.parent
+        if not up.is_dir():
+            raise LatteError(f"Cannot make the folder of the text cache {self.path} ({up} is a file): pass a path in a "
+                             "writable folder.")
+        try:                                                         # now, not after the texts are generated
+            if self.path.exists(): open(self.path, "ab").close()     # opened to append, nothing written
+            elif not os.access(up, os.W_OK | os.X_OK): raise PermissionError(errno.EACCES, "Permission denied")
         except OSError as e:
-            raise LatteError(f"Cannot make the folder of the text cache {self.path} ({e.strerror}): "
-                             "pass a path in a writable folder.") from None
+            raise LatteError(f"The text cache {self.path} cannot be written ({e.strerror}): make it writable or pass "
+                             "a path in a writable folder.") from None
     def _not_cache(self, why:str)->LatteError:
         "The error for a file that is no latteclip text cache because of `why`."
         return LatteError(f"{self.path} is not a latteclip text cache ({why}): "
@@ -235,6 +284,7 @@ class TextCache:
         "Append one record durably."
         if k in self.texts: return
         line = json.dumps(dict(key=k, text=text, **meta), ensure_ascii=False) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
@@ -330,7 +380,7 @@ def synthetic_texts(ds, # the unlabeled `ImageSet` (shifted images as the model 
             if groups[k]: group_texts[k] = [t for t, o in zip(texts, owners) if o == k]
     return Texts(list(ds.classes), class_texts, image_texts, group_texts, groups, calls)
 
-# %% ../nbs/11_texts.ipynb 26
+# %% ../nbs/11_texts.ipynb 28
 @dataclass
 class TextGen:
     "Settings of generated texts: where they are cached and how a Hugging Face model generates them."
@@ -355,4 +405,4 @@ class TextGen:
 
     def text_cache_path(self)->Path:
         "The cache file: `text_cache`, or the shared one under the cache folder."
-        return Path(self.text_cache) if self.text_cache else cache_dir("texts") / "texts.jsonl"
+        return Path(self.text_cache) if self.text_cache else cache_dir("texts", make=False) / "texts.jsonl"

@@ -44,9 +44,9 @@ class TrainConfig:
     def __post_init__(self):
         "Refuse impossible settings before any work starts, in the flags' words."
         check_settings([(self.method in ("latteclip", "flyp"), f"unknown training method {self.method}"),
-                        (0 < self.alpha <= 1, "--alpha must be in (0, 1]"),
+                        (0 < self.alpha <= 1, "--alpha must be in (0, 1]"), (self.warmup >= 0, "--warmup must be >= 0"),
                         (set(self.kinds) <= set(KINDS) and "class" in self.kinds,
-                         f"kinds must include 'class' and come from {KINDS}")], loop=self)
+                         f"--kinds must include class and come from {', '.join(KINDS)}")], loop=self)
 
 @dataclass
 class History:

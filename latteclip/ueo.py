@@ -93,7 +93,10 @@ def known_split(classes:list, # all class names of the data
         if bad: raise LatteError(f"--known-classes {', '.join(bad)} not among the classes ({', '.join(classes)}).")
         idx = sorted({lookup[norm(k)] for k in known})
     else: idx = list(range(len(classes) - n_unknown))
-    if len(idx) < 2: raise LatteError("UEO needs at least two known classes.")
+    if len(idx) < 2:
+        how = "--known-classes" if known else f"--n-unknown {n_unknown}"
+        raise LatteError(f"{how} leaves {len(idx)} of the {len(classes)} classes known: UEO needs at least two known "
+                         "classes.")
     return idx
 
 from .zeroshot import auroc   # AUROC of known against unknown images (percent), shared with `held_out`
@@ -116,7 +119,9 @@ class UEOConfig:
     grad_accum: int = 1                # micro-batches per optimizer step (the marginal entropy is over one micro-batch)
     def __post_init__(self):
         check_settings([(self.weight_scale is None or self.weight_scale > 0, "--ueo-weight-scale must be positive"),
-                        (self.n_ctx >= 1, "--n-ctx must be at least 1")], loop=self)
+                        (self.n_ctx >= 1, "--n-ctx must be at least 1"),
+                        (0 <= self.momentum < 1, "--momentum must be in [0, 1)"), (self.lam >= 0, "--lam must be >= 0")],
+                       loop=self)
 
 @dataclass
 class UEOHistory:
@@ -235,7 +240,9 @@ class UEOSettings(UEOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_settings([(self.n_unknown >= 0, "--n-unknown must be >= 0")])
+        known = self.known_classes
+        check_settings([(self.n_unknown >= 0, "--n-unknown must be >= 0"),
+                        (known is None or any(k.strip() for k in known.split(",")), "--known-classes names no class")])
 
 def _run_ueo(ctx:RunContext)->dict:
     "UEO end to end, scored on the known-class images, with `open_set.csv` beside the run's files."
@@ -274,7 +281,7 @@ def _ueo_summary(m:dict)->str:
 
 _UEO_METRICS = ("auroc", "zeroshot_top1", "zeroshot_per_class_mean", "zeroshot_auroc", "known_classes", "n_unlabeled",
                 "n_unknown_images", "weight_scale", "config", "history")
-_check_known = lambda cfg, ds: known_split(ds.classes, cfg.known_classes, cfg.n_unknown)   # a bad class name: now
+_check_known = lambda cfg, ds, _: known_split(ds.classes, cfg.known_classes, cfg.n_unknown)   # a bad class name: now
 register(Method("ueo", UEOSettings, _run_ueo, "UEO (ICML 2024): entropy optimisation of CLIP's normalisation layers "
                 "and a text context, closed set", metrics=_UEO_METRICS, columns=("zeroshot_top1", "auroc",
                                                                                  "zeroshot_auroc"),

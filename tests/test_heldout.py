@@ -108,12 +108,12 @@ def test_bad_holdout_is_one_sentence(two, embedded, tmp_path):
     "Every impossible --holdout, through run and compare: one sentence, exit 2, nothing written."
     adapt, held = two
     flat = write_images(embedded, range(0, 40, 2), tmp_path / "flat", layout="flat")
-    cases = [(["--data", adapt, "--holdout", "-1"], "--holdout must be a whole number"),
+    cases = [(["--data", adapt, "--holdout", "-1"], "--holdout must be at least 0 (a whole number), got -1"),
              (["--data", adapt, "--holdout", "79"], "leaves 1 of the 80 images"),
              (["--data", adapt, "--holdout", "500"], "hold out at most 78"),
              (["--data", adapt, "--holdout", "5", "--eval-data", held], "--holdout and --eval-data"),
              (["--data", flat, "--classes", ",".join(embedded.classes), "--holdout", "5"], "needs labelled --data"),
-             (["--data", adapt, "--holdout", "many"], "invalid int value")]
+             (["--data", adapt, "--holdout", "many"], "--holdout must be a whole number, got 'many'")]
     for cmd in (["run", "--method", "zeroshot"], ["compare", "--methods", "zeroshot"]):
         for args, words in cases:
             r = latteclip(*cmd, *args, "--out", tmp_path / "out")

@@ -137,3 +137,123 @@ def test_names_that_are_not_utf8_survive_to_the_end(small_tree, tmp_path):
     r = latteclip("predict", "--run", tmp_path / "latteclip", "--data", d, "--out", tmp_path / "p")
     assert r.returncode == 0, r.stderr[-800:]
     assert json.loads((tmp_path / "p" / "metrics.json").read_text())["n_images"] == 60
+
+
+def _same_names_other_images(embedded, src, dst):
+    "A copy of the folder `src` whose every file holds another image of the same class, under the same name."
+    import shutil
+    shutil.copytree(src, dst)
+    for k, c in enumerate(sorted(p.name for p in dst.iterdir())):
+        other = [i for i, l in enumerate(embedded.labels) if embedded.classes[l] == c][100:]
+        for f, i in zip(sorted((dst / c).iterdir()), other): f.write_bytes(embedded.reader.read(embedded.keys[i]))
+    return dst
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_data_or_settings(embedded, small_tree, tmp_path):
+    "--resume continued a checkpoint trained on other images (20% against 81%): now one sentence, exit 2, untouched."
+    other = _same_names_other_images(embedded, small_tree, tmp_path / "other")
+    quick = ["--epochs", "1", "--batch-size", "20", "--kinds", "class"]
+    r = latteclip("run", "--method", "latteclip", "--data", small_tree, "--out", tmp_path / "o", *quick)
+    assert r.returncode == 0, r.stderr[-800:]
+    ck = tmp_path / "o" / "checkpoints"
+    before = {f.name: f.read_bytes() for f in ck.iterdir()}
+    for args, words in [(["--data", other], "images (their content)"), (["--data", small_tree, "--lr", "1e-4"], "--lr"),
+                        (["--data", small_tree, "--model", "RN50", "--pretrained", "random"], "--model"),
+                        (["--data", small_tree, "--classes", "airplane,automobile,bird,deer"], "classes")]:
+        r = latteclip("run", "--method", "latteclip", "--out", tmp_path / "o", "--resume", *quick, *args)
+        assert r.returncode == 2 and words in r.stderr and "trained with other" in r.stderr, (args, r.stderr[-600:])
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert {f.name: f.read_bytes() for f in ck.iterdir()} == before       # the checkpoint is as it was
+    r = latteclip("run", "--method", "ueo", "--data", small_tree, "--out", tmp_path / "o", "--resume", "--epochs", "1")
+    assert r.returncode == 2 and "--method" in r.stderr, r.stderr[-600:]
+    r = latteclip("run", "--method", "latteclip", "--data", small_tree, "--out", tmp_path / "o", "--resume", *quick,
+                  "--text-cache", tmp_path / "elsewhere.jsonl")                # a setting free to change
+    assert r.returncode == 0, r.stderr[-600:]
+
+
+def test_pseudo_label_cache_keys_on_content(embedded, small_tree, tmp_path, monkeypatch):
+    "The same file names holding other images: the cache gave the old labels (97.5% zero-shot where 50% was true)."
+    import shutil, torch
+    from latteclip.data import open_data
+    from latteclip.models import load_clip
+    from latteclip.pseudolabels import pseudo_labels
+    monkeypatch.setenv("LATTECLIP_CACHE", str(tmp_path / "cache"))
+    clip = load_clip(device="cpu")
+    d = tmp_path / "d"; shutil.copytree(small_tree, d)
+    first = pseudo_labels(clip, open_data(d))
+    shutil.rmtree(d); _same_names_other_images(embedded, small_tree, d)
+    again, fresh = pseudo_labels(clip, open_data(d)), pseudo_labels(clip, open_data(d), cache=False)
+    assert torch.equal(again.logits, fresh.logits) and not torch.equal(again.logits, first.logits)
+    moved = tmp_path / "moved"; shutil.copytree(d, moved)                      # the same images elsewhere: a hit
+    assert len(list((tmp_path / "cache" / "pseudolabels").iterdir())) == 2
+    assert torch.equal(pseudo_labels(clip, open_data(moved)).logits, fresh.logits)
+    assert len(list((tmp_path / "cache" / "pseudolabels").iterdir())) == 2
+
+
+def test_jsonl_records_match_by_relative_path(embedded, tmp_path, capsys):
+    "CIFAR-style folders repeat file names: every cat got a dog's description. Records match by their path's parts."
+    from latteclip.data import open_data
+    from latteclip.texts import JsonlDescriber, Request
+    from latteclip.core import LatteError
+    for c, k in (("cat", 3), ("dog", 5)):
+        idx = [i for i, l in enumerate(embedded.labels) if l == k][:3]
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for n, i in enumerate(idx): (tmp_path / "d" / c / f"{n}.png").write_bytes(embedded.reader.read(embedded.keys[i]))
+    ds = open_data(tmp_path / "d")
+    f = tmp_path / "texts.jsonl"
+    recs = [{"path": f"/data/cifar/train/{c}/{n}.png", "text": f"{c} number {n}"} for c in ("dog", "cat") for n in range(3)]
+    recs.append({"path": "/data/cifar/train/cat/99.png", "text": "no such image"})
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    jd = JsonlDescriber(f)
+    assert jd.match(ds.keys) == dict(images=6, records=7, unused=1)
+    assert "1 of the 7 image records" in capsys.readouterr().err
+    out = jd.describe([Request("image", None, "cat", "", k) for k in ds.keys])
+    assert out == [f"{k.split('/')[0]} number {k.split('/')[1][0]}" for k in ds.keys]
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs[:5]))            # dog/2.png has no record now
+    with pytest.raises(LatteError, match="no description for 1 of the 6"): JsonlDescriber(f).match(ds.keys)
+    f.write_text(json.dumps({"path": "a/cat/0.png", "text": "x"}) + "\n" + json.dumps({"path": "b/cat/0.png", "text": "y"}) + "\n")
+    with pytest.raises(LatteError, match="both fit the image cat/0.png"): JsonlDescriber(f).match(ds.keys[:1])
+
+
+def _damaged_zip(embedded, path, n_per_class=12):
+    "A stored .zip of 3 classes whose member airplane/img 0001.jpg has one byte flipped (its CRC no longer matches)."
+    import zipfile
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for k in range(3):
+            for j in range(n_per_class):
+                i = k * 500 + j
+                z.writestr(f"{embedded.classes[k]}/img {j:04d}.jpg", embedded.reader.read(embedded.keys[i]))
+    with zipfile.ZipFile(path) as z: info = z.getinfo("airplane/img 0001.jpg")
+    raw = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + info.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_every_reader_skips_a_damaged_archive_member(embedded, tmp_path):
+    "One CRC-damaged member of a .zip crashed every command: each skips and lists it; a truncated .zip is one sentence."
+    z = _damaged_zip(embedded, tmp_path / "data.zip")
+    bad = "airplane/img 0001.jpg"
+    cmds = {"run": (["run", "--method", "zeroshot", "--data", z], "metrics.json", lambda m: m["skipped"]),
+            "robustness": (["robustness", "--data", z, "--severities", "3"], "robustness.md",
+                           lambda md: [line.split("`")[1] for line in md.splitlines() if line.startswith("- `")]),
+            "pretrain": (["pretrain", "--data", z, "--epochs", "1", "--batch-size", "16", "--val-per-class", "2"],
+                         "pretrain.json", lambda m: m["config"]["skipped"]),
+            "pretrain-dino": (["pretrain-dino", "--data", z, "--epochs", "1", "--batch-size", "16", "--target", "none"],
+                              "dino.json", lambda m: m["config"]["skipped"])}
+    for name, (cmd, f, skipped) in cmds.items():
+        r = latteclip(*cmd, "--out", tmp_path / name)
+        assert r.returncode == 0, (name, r.stderr[-800:])
+        text = (tmp_path / name / f).read_text()
+        listed = skipped(text if f.endswith(".md") else json.loads(text))
+        paths = [s if isinstance(s, str) else s["path"] if isinstance(s, dict) else s[0] for s in listed]
+        assert paths == [bad], (name, listed)
+    r = latteclip("predict", "--run", tmp_path / "run", "--data", z, "--out", tmp_path / "p")
+    assert r.returncode == 0 and [s["path"] for s in json.loads((tmp_path / "p" / "metrics.json").read_text())["skipped"]] == [bad]
+    cut = tmp_path / "cut.zip"; cut.write_bytes(z.read_bytes()[:len(z.read_bytes()) // 2])
+    for name, (cmd, _, _) in cmds.items():
+        cmd = [cut if c == z else c for c in cmd]
+        r = latteclip(*cmd, "--out", tmp_path / f"cut-{name}")
+        assert r.returncode == 2 and "cannot be read as a .zip" in r.stderr and "Traceback" not in r.stderr, (name, r.stderr[-500:])
+        assert not (tmp_path / f"cut-{name}").exists()
