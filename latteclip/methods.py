@@ -196,7 +196,8 @@ def run_config(method:Method, cfg, # the method and its settings (a dataclass)
     spec = _spec(data)
     if isinstance(classes, str): classes = [c.strip() for c in classes.split(",") if c.strip()]
     return dict(version=__version__, method=method.name, data=spec, classes=list(classes) if classes else None,
-                shift=str(ds.shift) if ds.shift else "none", dataset=ds.name, n_images=len(ds), model=model,
+                shift=str(ds.shift) if ds.shift else "none", dataset=ds.name, n_images=len(ds),
+                data_fingerprint=ds.fingerprint(), model=model,
                 pretrained=pretrained, seed=seed, device=str(device) if device is not None else None,
                 eval_data=_spec(eval_data), eval_shift=eval_shift, holdout=holdout, report_to=report_to,
                 settings={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()})

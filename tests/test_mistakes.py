@@ -257,3 +257,19 @@ def test_every_reader_skips_a_damaged_archive_member(embedded, tmp_path):
         r = latteclip(*cmd, "--out", tmp_path / f"cut-{name}")
         assert r.returncode == 2 and "cannot be read as a .zip" in r.stderr and "Traceback" not in r.stderr, (name, r.stderr[-500:])
         assert not (tmp_path / f"cut-{name}").exists()
+
+
+def test_compare_reuse_keys_on_the_images_content(embedded, small_tree, tmp_path):
+    "Images replaced under the same names: compare --reuse ran nothing again; now the config's fingerprint differs."
+    import shutil
+    d = tmp_path / "d"; shutil.copytree(small_tree, d)
+    args = ["compare", "--methods", "zeroshot", "--data", d, "--out", tmp_path / "cmp", "--reuse"]
+    assert latteclip(*args).returncode == 0
+    assert "zeroshot: reusing" in latteclip(*args).stdout
+    run = tmp_path / "cmp" / "zeroshot"
+    first, fp = (run / "predictions.csv").read_text(), json.loads((run / "config.json").read_text())["data_fingerprint"]
+    shutil.rmtree(d); _same_names_other_images(embedded, small_tree, d)
+    r = latteclip(*args)
+    assert r.returncode == 0 and "reusing" not in r.stdout, r.stdout
+    assert json.loads((run / "config.json").read_text())["data_fingerprint"] != fp
+    assert (run / "predictions.csv").read_text() != first                     # scored on the new images
