@@ -12,7 +12,7 @@ from . import __version__
 
 # %% auto 0
 __all__ = ['SEED', 'CONFIG_ARGS', 'COMMANDS', 'setting_flags', 'method_settings', 'Parser', 'whole', 'finite', 'positive',
-           'parser', 'given_options', 'methods_table', 'main', 'cli']
+           'seed_list', 'parser', 'given_options', 'methods_table', 'main', 'cli']
 
 # %% ../nbs/99_cli.ipynb 5
 def _data_args(p):
@@ -50,7 +50,8 @@ def _eval_args(p):
 def _group_args(p):
     d = p.add_argument_group("several processes (Hugging Face Accelerate; or start any of these commands with "
                              "`accelerate launch -m latteclip`)")
-    d.add_argument("--num-processes", type=whole(1), default=None, help="train data-parallel in this many processes on this "
+    d.add_argument("--num-processes", type=whole(1), default=None,
+                   help="train data-parallel in this many processes on this "
                    "machine: one per GPU, or CPU processes (gloo) without GPUs")
     d.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
                    help="accelerate's name for --precision (no = fp32); wins over it")
@@ -141,6 +142,8 @@ def _compare_command(sub, methods, flags):
     c.add_argument("--out", default="runs/compare")
     _eval_args(c)
     c.add_argument("--seed", type=SEED, default=0, help=f"the seed of every run (0 to {SEED_MAX})")
+    c.add_argument("--seeds", type=seed_list, default=None, help="several seeds, comma-separated (e.g. 0,1,2): each "
+                   "method runs once per seed into --out/<method>/seed<k>/ and the table gives mean (min-max)")
     c.add_argument("--reuse", action="store_true",
                    help="keep a method's finished run in --out when its config.json matches (every "
                    "setting and the package version) instead of running it again")
@@ -211,6 +214,13 @@ positive.__name__ = "float"
 
 SEED = whole(0, SEED_MAX)   # every command's --seed
 
+def seed_list(s:str)->tuple:
+    "An argparse type: different seeds, comma-separated."
+    seeds = tuple(SEED(x.strip()) for x in s.split(",") if x.strip())
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"must name different seeds, comma-separated, got {s!r}")
+    return seeds
+
 def _schedule_args(p, out:str, epochs:int, batch_size:int, lr:float):
     "The output folder and training schedule of a pre-training sub-command, with the defaults given."
     p.add_argument("--out", default=out)
@@ -236,7 +246,8 @@ def _pretrain_command(sub):
     _schedule_args(t, "runs/pretrain", 24, 512, 2e-3)
     t.add_argument("--per-class", type=whole(1), default=None,
                    help="at most this many training images per class (quick runs)")
-    t.add_argument("--val-per-class", type=whole(1), default=50, help="held-out images per class for the zero-shot check (default: 50)")
+    t.add_argument("--val-per-class", type=whole(1), default=50,
+                   help="held-out images per class for the zero-shot check (default: 50)")
     _checkpoint_args(t)
 
 def _pretrain_dino_command(sub):
@@ -359,6 +370,8 @@ def _run(args):
 def _compare(args):
     from latteclip.report import compare, method_list
     from latteclip.data import parse_shift
+    if args.seeds is not None and "seed" in given_options(args.argv):
+        raise LatteError("--seed and --seeds both set the seeds: give one of them.")
     shift = _shift_for(args)
     parse_shift(shift)
     methods = method_list(args.methods)
@@ -366,7 +379,7 @@ def _compare(args):
     out = Path(args.out)                                                      # `compare` makes it once all is checked
     parse_shift(args.eval_shift, "--eval-shift")
     compare(methods, args.data, args.classes, shift, out, reuse=args.reuse, download=args.download, model=args.model,
-            pretrained=args.pretrained, seed=args.seed, device=args.device, eval_data=args.eval_data,
+            pretrained=args.pretrained, seed=args.seed, seeds=args.seeds, device=args.device, eval_data=args.eval_data,
             eval_shift=args.eval_shift, holdout=args.holdout, report_to=args.report_to, **settings)
     from latteclip.distributed import rank
     if rank() == 0: print((out / "table.md").read_text())
@@ -415,7 +428,8 @@ def _robustness(args):
                       ds=ds)
     md = rows_to_markdown(rows, ["shift", "severity", "top1", "per_class_mean"])
     if ds.skipped:                                                            # listed, as a run lists them
-        md += f"\n\nSkipped files ({len(ds.skipped)}):\n" + "\n".join(f"- `{printable(k)}`: {why}" for k, why in ds.skipped)
+        md += (f"\n\nSkipped files ({len(ds.skipped)}):\n"
+               + "\n".join(f"- `{printable(k)}`: {why}" for k, why in ds.skipped))
     with run_files(out) as f:
         write_json(rows, out / "robustness.json")
         f("robustness.md").write_text(md + "\n")

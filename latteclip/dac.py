@@ -222,4 +222,5 @@ register(Method("dac", DACSettings, _run_dac, "DAC (few-shot): a Tip-Adapter cac
                          "history"),
                 columns=("zeroshot_top1",), summary=_dac_summary, data_parallel=False, resumable=False,
                 # the shots checked against the data before the run's folder is made
-                check_data=lambda cfg, ds, _: few_shot_split(ds.labels, len(ds.classes), cfg.shots, cfg.seed, ds.classes)))
+                check_data=lambda cfg, ds, _: few_shot_split(ds.labels, len(ds.classes), cfg.shots, cfg.seed,
+                                                             ds.classes)))

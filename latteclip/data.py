@@ -364,7 +364,8 @@ def file_digest(reader, key:str, # a reader (folder, archive, torchvision) and o
                )->str:
     "A hash of the bytes of file `key`, read once and kept on the reader."
     memo = reader.__dict__.setdefault("digests", {})
-    if key not in memo: memo[key] = hashlib.blake2b(reader.read(key) if data is None else data, digest_size=16).hexdigest()
+    if key not in memo:
+        memo[key] = hashlib.blake2b(reader.read(key) if data is None else data, digest_size=16).hexdigest()
     return memo[key]
 
 def _checked(reader, keys, verify=True):

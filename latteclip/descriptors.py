@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from .core import LatteError, progress, default_device, stable_hash, seed_from, asset
-from .hf import (check_dtype, check_4bit, model_kwargs, end_ids, local_folder, local_first, word_tokenizer,
+from .hf import (check_dtype, check_4bit, model_kwargs, end_ids, local_folder, folder_id, local_first, word_tokenizer,
                  load_lazily, LazyModel, describer_repr, cut_at_end)
 from .vlm import tiny_corpus
 from .texts import TextCache
@@ -136,7 +136,8 @@ class LLMDescriber(LazyModel):
         self.max_new_tokens, self.temperature = int(max_new_tokens), float(temperature)
         self.top_p, self.seed = float(top_p), int(seed)
         self.dtype, self.device, self.device_map, self.load_in_4bit = dtype, device, device_map, load_in_4bit
-        key = stable_hash(prompt, self.max_new_tokens, self.temperature, self.top_p, self.seed, n=8)
+        content = folder_id(self.model_id) if model is None else ""        # a folder's files: edited weights, new texts
+        key = stable_hash(prompt, self.max_new_tokens, self.temperature, self.top_p, self.seed, content, n=8)
         self.id = f"llm:{self.model_id}:{key}"
         self._model, self._tokenizer, self._ready, self.fallbacks = model, tokenizer, False, 0
 

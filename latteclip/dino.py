@@ -61,9 +61,11 @@ def check_ssl(name:str=DINO_TINY, weights:str=None)->Path|None:
     ("What can be checked of `--ssl`/`--ssl-weights` before any work: for the shipped model, that the weights file is "
      "safetensors holding exactly its tensors (returned; None: random); for others, that timm knows the name.")
     if name != DINO_TINY:
-        if weights not in (None, ""): raise LatteError(f"--ssl-weights applies to {DINO_TINY} only, not to --ssl {name}.")
+        if weights not in (None, ""):
+            raise LatteError(f"--ssl-weights applies to {DINO_TINY} only, not to --ssl {name}.")
         arch = name[5:] if name.startswith("timm:") else name
-        hf = name.startswith("hf:") or Path(name).expanduser().is_dir() or ("/" in name and not name.startswith("timm:"))
+        hf = (name.startswith("hf:") or Path(name).expanduser().is_dir()
+              or ("/" in name and not name.startswith("timm:")))
         if not hf:
             import timm
             if not timm.list_models(arch.split(".")[0]):

@@ -9,8 +9,9 @@ from pathlib import Path
 from .core import LatteError, default_device
 
 # %% auto 0
-__all__ = ['DTYPES', 'offline', 'first_line', 'check_dtype', 'check_4bit', 'local_folder', 'hub_knows', 'local_first',
-           'model_kwargs', 'end_ids', 'word_tokenizer', 'load_lazily', 'LazyModel', 'cut_at_end', 'describer_repr']
+__all__ = ['DTYPES', 'offline', 'first_line', 'check_dtype', 'check_4bit', 'folder_id', 'local_folder', 'hub_knows',
+           'local_first', 'model_kwargs', 'end_ids', 'word_tokenizer', 'load_lazily', 'LazyModel', 'cut_at_end',
+           'describer_repr']
 
 # %% ../nbs/02_hf.ipynb 5
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -35,6 +36,16 @@ def check_4bit():
     if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
         raise LatteError("4-bit loading needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes): "
                          "run on such a machine or leave 4-bit off.")
+
+def folder_id(model_id:str)->str:
+    ("For a model in a local folder, a hash of the content of its files (weights, configs, tokenizer), so a "
+     "describer's texts are regenerated when the model changes; '' for a Hub id (its name is all that is known).")
+    p = Path(model_id).expanduser()
+    if not p.is_dir(): return ""
+    from latteclip.pseudolabels import file_hash
+    from latteclip.core import stable_hash
+    files = sorted(f for f in p.rglob("*") if f.is_file() and not any(s.startswith(".") for s in f.relative_to(p).parts))
+    return stable_hash(*[(str(f.relative_to(p)), file_hash(f)) for f in files], n=12)
 
 def local_folder(model_id:str)->Path|None:
     "The folder `model_id` names, None for a Hub id; a `LatteError` for a path that is not a folder."

@@ -222,8 +222,8 @@ def check_resume(folder:Path, # the run's checkpoint folder
     if resume and (folder / "state.pt").exists():
         try: old = json.loads(f.read_text())
         except (OSError, ValueError):
-            raise LatteError(f"The checkpoint in {folder} does not say what it was trained on (an older latteclip wrote "
-                             "it, or it is damaged): run again without --resume.") from None
+            raise LatteError(f"The checkpoint in {folder} does not say what it was trained on (an older latteclip "
+                             "wrote it, or it is damaged): run again without --resume.") from None
         words = dict(method="--method", model="--model", pretrained="--pretrained", classes="classes",
                      n_images="number of images", data="images (their content)")
         diff = [words[k] for k in words if old.get(k) != now[k]]

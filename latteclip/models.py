@@ -123,7 +123,7 @@ def _load_named(model:str, device)->Clip:
     return Clip(m, preprocess, open_clip.get_tokenizer(model), model, str(weights) if weights else model, device)
 
 def check_weights_file(path:Path, flag:str="--pretrained")->str:
-    "`path` (as a string) when it looks like a weights file (safetensors, torch.save's zip, a pickle); else one sentence."
+    "`path` (a string) when it looks like a weights file (safetensors, torch.save's zip, a pickle); else one sentence."
     if path.is_dir():
         raise LatteError(f"{flag} {path} is a folder: pass the weights file in it (or --model local-dir:{path} for an "
                          "open_clip folder).")

@@ -84,7 +84,8 @@ def pretrain_dino(
     ("Pre-train `latteclip-dino-tiny` with DINO on `data`; writes `out/latteclip-dino-tiny.safetensors` and "
      "`out/dino.json`.")
     device = check_schedule(epochs, batch_size, lr, seed, per_class, stop_after, device,
-                            (n_local >= 0, "--n-local must be at least 0"), (out_dim >= 1, "out_dim must be at least 1"),
+                            (n_local >= 0, "--n-local must be at least 0"),
+                            (out_dim >= 1, "out_dim must be at least 1"),
                             (0 <= momentum < 1, "the teacher momentum must be in [0, 1)"))
     ds = open_data(data)                                   # every file checked: a bad one is skipped and listed
     tgt = open_data(target, flag="--target") if target is not None else None   # before any training

@@ -5,9 +5,10 @@
 # %% ../nbs/16_report.ipynb 2
 from __future__ import annotations
 import json, time
+import numpy as np
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
-from .core import LatteError, check_settings, out_dir, write_json, run_files, outside_data
+from .core import LatteError, check_settings, out_dir, write_json, run_files, outside_data, check_seed
 from .data import open_data
 from .models import templates_for, TEMPLATE, zeroshot_classifier, encode_texts
 from .artifact import Classifier
@@ -21,8 +22,8 @@ from .methods import (Method, RunContext, register, run_method, get, group, load
                                holdout_for, check_holdout)
 
 # %% auto 0
-__all__ = ['VARIANTS', 'make_describer', 'LatteCLIPSettings', 'ZeroShotSettings', 'save_run', 'write_report', 'read_history',
-           'table_cols', 'method_list', 'split_settings', 'compare', 'plot_table']
+__all__ = ['VARIANTS', 'SEEDED', 'make_describer', 'LatteCLIPSettings', 'ZeroShotSettings', 'save_run', 'write_report',
+           'read_history', 'table_cols', 'method_list', 'split_settings', 'seed_row', 'compare', 'plot_table']
 
 # %% ../nbs/16_report.ipynb 5
 def make_describer(spec:str,
@@ -283,13 +284,39 @@ def split_settings(methods:list, kw:dict)->dict:
     run = {k: kw[k] for k in RUN_ARGS if k in kw}
     return {m: {**run, **{k: v for k, v in given.items() if k in own[m]}} for m in methods}
 
+SEEDED = ("top1", "per_class_mean", "eval_top1", "eval_per_class_mean", "eval_auroc", "zeroshot_top1", "top1_text",
+          "top1_prototypes", "auroc", "zeroshot_auroc", "seconds")   # what a row of several seeds gives mean, min, max of
+
+def seed_row(rows:list)->dict:
+    ("One row of several seeds' rows of a method: each number of `SEEDED` as its mean (2 decimals), with `_min` and "
+     "`_max`, and the per-seed values under `by_seed`; the rest from the first seed.")
+    out = dict(rows[0], seeds=[r["seed"] for r in rows], by_seed={k: [r.get(k) for r in rows] for k in SEEDED})
+    for k in SEEDED:
+        v = [r.get(k) for r in rows]
+        if any(x is None for x in v): continue
+        out[k], out[f"{k}_min"], out[f"{k}_max"] = round(float(np.mean(v)), 2), min(v), max(v)
+    return out
+
+def _spread(rows:list)->list:
+    "Rows of several seeds for the markdown table: each seeded number as `mean (min-max)`."
+    if not any("seeds" in r for r in rows): return rows
+    fmt = lambda r, k: (f"{r[k]} ({r[k + '_min']}–{r[k + '_max']})" if r.get(k + "_min") is not None
+                        else r.get(k))
+    return [{**r, **{k: fmt(r, k) for k in SEEDED if k not in ("seconds",)}} for r in rows]
+
 def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
             reuse:bool=False, # keep a method's finished run in `out/<method>/` when its whole config.json matches
             download:bool=False, ds=None, # an `ImageSet` already open (then data, classes and shift are not read)
+            seeds=None, # several seeds: each method runs once per seed (`out/<method>/seed<k>/`); the table gives
+                        # mean, min and max over them (None: the one `seed`)
             **kw, # model, pretrained, seed, device, and settings: each method gets the ones it takes
            )->list:
     "Run each method on the same data into `out/<method>/`; write `table.md`, `.json` and `.png`; return the rows."
     methods = method_list(methods)
+    if seeds is not None:
+        seeds = [check_seed(s, "--seeds") for s in seeds]
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise LatteError(f"--seeds must name different seeds, at least one (got {seeds}).")
     kw["holdout"] = holdout_for(kw.get("holdout"), data, kw.get("eval_data"), ds)   # the same images held out for all
     per = split_settings(methods, kw)
     cfgs = {}
@@ -308,14 +335,20 @@ def compare(methods, data=None, classes=None, shift=None, out="runs/compare",
                       "peak_rss_mb", "skipped"]
     for m in methods:                            # one staged set each: a method's run and the table with its row
         with run_files(out, f"the previous results in {out / m} and the table in {out}") as f:
-            run = {k: per[m][k] for k in RUN_ARGS if k in per[m]}
-            r = _finished(out / m, run_config(get(m), cfgs[m], ds, data, classes, **run)) if reuse else None
-            if r is not None: print(f"{m}: reusing the finished run in {out / m}")
-            else: r = run_method(m, data=data, classes=classes, shift=shift, out=out / m, ds=ds, **per[m])
-            if r is None or rank() > 0: continue                      # launched in several processes: the first writes
-            rows.append({k: r.get(k) for k in cols})
+            done = []
+            for s in (seeds or [None]):
+                one = per[m] if s is None else {**per[m], "seed": s}
+                where = out / m if s is None else out / m / f"seed{s}"
+                cfg = cfgs[m] if s is None else get(m).config(**settings_of(get(m), s, one))
+                run = {k: one[k] for k in RUN_ARGS if k in one}
+                r = _finished(where, run_config(get(m), cfg, ds, data, classes, **run)) if reuse else None
+                if r is not None: print(f"{m}: reusing the finished run in {where}")
+                else: r = run_method(m, data=data, classes=classes, shift=shift, out=where, ds=ds, **one)
+                if r is not None: done.append({k: r.get(k) for k in cols} | ({} if s is None else {"seed": s}))
+            if not done or rank() > 0: continue                       # launched in several processes: the first writes
+            rows.append(done[0] if seeds is None else seed_row(done))
             write_json(rows, out / "table.json")
-            f("table.md").write_text(rows_to_markdown(rows, table_cols(methods, rows)) + "\n")
+            f("table.md").write_text(rows_to_markdown(_spread(rows), table_cols(methods, rows)) + "\n")
             plot_table(rows, f("table.png"))
     return rows
 

@@ -80,10 +80,19 @@ def describe_shared(m:dict, name:str, quorum:int=3)->str:
     return caption(name, " ".join(adj) or None, common([w["size"] for w in ws]), common([w["colour"] for w in ws]),
                    common([w["background"] for w in ws]))
 
+def _source_id(*objs)->str:
+    "A hash of the source code of `objs` (modules, functions): edited words or thresholds give another one."
+    import inspect
+    return stable_hash(*(inspect.getsource(o) for o in objs), n=12)
+
 class AttributeDescriber:
-    "The offline describer: measured attributes in words; no model."
-    id = "attributes-v1"
+    ("The offline describer: measured attributes in words; no model. Its `id` (which names its texts in the cache) is "
+     "a hash of the code that picks the words, so an edited word or threshold never reuses stale texts.")
     batch_size = 256
+    @property
+    def id(self)->str:
+        import latteclip.attributes as attributes
+        return f"attributes-{_source_id(attributes, describe_attributes, describe_shared, tiles, _small)}"
     def describe(self, requests:list)->list:
         out = []
         for r in requests:
@@ -123,8 +132,8 @@ def _parts(path:str)->tuple:
     return tuple(p for p in path.replace("\\", "/").split("/") if p not in ("", "."))
 
 class JsonlDescriber:
-    ("Texts from a JSONL file produced elsewhere: an image record's `path` is matched to a file by the path relative to "
-     "the data root (an absolute or longer path: by its last parts), a group record by its `class`.")
+    ("Texts from a JSONL file produced elsewhere: an image record's `path` is matched to a file by the path relative "
+     "to the data root (an absolute or longer path: by its last parts), a group record by its `class`.")
     # nothing to generate: every process reads the file
     batch_size, shard = 1024, False
     def __init__(self, path):

@@ -120,7 +120,8 @@ class UEOConfig:
     def __post_init__(self):
         check_settings([(self.weight_scale is None or self.weight_scale > 0, "--ueo-weight-scale must be positive"),
                         (self.n_ctx >= 1, "--n-ctx must be at least 1"),
-                        (0 <= self.momentum < 1, "--momentum must be in [0, 1)"), (self.lam >= 0, "--lam must be >= 0")],
+                        (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
+                        (self.lam >= 0, "--lam must be >= 0")],
                        loop=self)
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, importlib.util
 from pathlib import Path
 from .core import LatteError, progress, default_device
-from .hf import (DTYPES, check_dtype, check_4bit, local_folder, local_first, model_kwargs, end_ids,
+from .hf import (DTYPES, check_dtype, check_4bit, local_folder, folder_id, local_first, model_kwargs, end_ids,
                  word_tokenizer, load_lazily, LazyModel, describer_repr, cut_at_end)
 
 # %% auto 0
@@ -146,7 +146,8 @@ class TransformersDescriber(LazyModel):
             local_folder(model_id)                     # a missing folder fails now, not at the first uncached text
         self.model_id, self.batch_size, self.max_new_tokens = str(model_id), int(batch_size), int(max_new_tokens)
         self.dtype, self.device, self.device_map, self.load_in_4bit = dtype, device, device_map, load_in_4bit
-        self.id = f"transformers:{self.model_id}:{self.max_new_tokens}"
+        content = folder_id(self.model_id) if model is None else ""        # a folder's files: edited weights, new texts
+        self.id = f"transformers:{self.model_id}:{self.max_new_tokens}" + (f":{content}" if content else "")
         self._model, self._processor, self._ready = model, processor, False
 
     def __repr__(self): return describer_repr(self, "batch_size", "max_new_tokens")

@@ -55,3 +55,26 @@ def test_compare_reuses_only_a_run_of_the_same_config(small_tree, tmp_path):
     c.write_text(json.dumps({**json.loads(c.read_text()), "version": "0.0.0"}))
     r = latteclip(*args, "--epochs", "2")
     assert "zeroshot: reusing" not in r.stdout and "flyp-pseudo: reusing" in r.stdout, r.stdout
+
+
+def test_compare_seeds_gives_mean_min_and_max(small_tree, tmp_path):
+    "--seeds 0,1: each method runs once per seed (its own folder and config); the table gives mean (min-max)."
+    args = ["compare", "--methods", "zeroshot,ueo", "--data", small_tree, "--epochs", "1", "--batch-size", "20",
+            "--out", tmp_path / "cmp", "--seeds", "0,1"]
+    r = latteclip(*args)
+    assert r.returncode == 0, r.stderr[-800:]
+    rows = {x["method"]: x for x in json.loads((tmp_path / "cmp" / "table.json").read_text())}
+    for m in ("zeroshot", "ueo"):
+        per = [json.loads((tmp_path / "cmp" / m / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        assert [json.loads((tmp_path / "cmp" / m / f"seed{s}" / "config.json").read_text())["seed"] for s in (0, 1)] == [0, 1]
+        row = rows[m]
+        assert row["seeds"] == [0, 1] and row["by_seed"]["top1"] == [p["top1"] for p in per]
+        assert row["top1"] == round(sum(p["top1"] for p in per) / 2, 2)
+        assert (row["top1_min"], row["top1_max"]) == (min(p["top1"] for p in per), max(p["top1"] for p in per))
+    assert f"{rows['ueo']['top1']} ({rows['ueo']['top1_min']}–{rows['ueo']['top1_max']})" in (tmp_path / "cmp" / "table.md").read_text()
+    r = latteclip(*args, "--reuse")
+    assert r.stdout.count("reusing") == 4, r.stdout
+    for bad, words in [(["--seed", "3"], "--seed and --seeds"), (["--seeds", "1,1"], "--seeds must name different seeds")]:
+        r = latteclip(*args, *bad, "--out", tmp_path / "bad")
+        assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "bad").exists()

@@ -202,9 +202,12 @@ def test_every_bad_flag_is_one_sentence(results):
         problems = [p for p, ok in [("traceback", r["traceback"] is None and "Traceback" not in r["stderr"]),
                                     ("exit", r["code"] == 2), ("one line", len(lines) == 1),
                                     ("names the flag", name in r["stderr"] or value in r["stderr"]),
-                                    ("wrote nothing", not r["left"]),
+                                    ("wrote nothing", not r["left"]), ("lost nothing", not r["lost"]),
                                     ("quick", r["seconds"] < 60)] if not ok]
         if problems: bad.append((problems, r["argv"][:1] + r["argv"][5:], r["code"], r["stderr"][-300:],
                                  (r["traceback"] or "")[-400:], r["left"][:5]))
-    print(f"{len(results)} bad command lines, {len(bad)} not one sentence")
+    tracebacks = sum(r["traceback"] is not None or "Traceback" in r["stderr"] for _, r in results)
+    print(f"{len(results)} bad command lines: {len(bad)} not one sentence, {tracebacks} tracebacks, "
+          f"{sum(bool(r['left']) for _, r in results)} wrote a file, {sum(bool(r['lost']) for _, r in results)} changed "
+          f"or removed one, slowest {max(r['seconds'] for _, r in results)} s")
     assert not bad, "\n".join(map(str, bad))

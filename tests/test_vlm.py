@@ -37,7 +37,8 @@ def test_tiny_model_by_path_describes_greedily_within_budget(family, llava_dir, 
     path = llava_dir if family == "llava" else tmp_path / "tiny-qwen2-vl"
     if family != "llava": tiny_vlm(family, save_to=path)
     d = TransformersDescriber(str(path), batch_size=2, max_new_tokens=5, device="cpu")
-    assert d._model is None and d.id == f"transformers:{path}:5"          # nothing loaded before a text is needed
+    from latteclip.hf import folder_id
+    assert d._model is None and d.id == f"transformers:{path}:5:{folder_id(str(path))}"   # nothing loaded yet
     texts = d.describe(reqs)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     assert type(d.model).__name__ == {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration"}[family]
@@ -112,3 +113,26 @@ def test_generation_flags_reach_the_describers(llava_dir, small_tree, tmp_path):
         q = latteclip("compare", "--methods", "zeroshot,latteclip", "--data", small_tree, "--describer", f"transformers:{llava_dir}",
                       "--gen-4bit", "--out", tmp_path / "q")
         assert q.returncode == 2 and "4-bit" in q.stderr and not (tmp_path / "q" / "zeroshot").exists()
+
+
+def test_describer_ids_follow_the_model_files_and_the_words(llava_dir, tmp_path):
+    "The cache names texts by the describer id: edited weights or edited words must give another id (no stale texts)."
+    import json, shutil, subprocess, sys
+    from conftest import ROOT
+    a = TransformersDescriber(str(llava_dir), max_new_tokens=5).id
+    copy = tmp_path / "copy"; shutil.copytree(llava_dir, copy)
+    same = TransformersDescriber(str(copy), max_new_tokens=5).id
+    assert same.rsplit(":", 1)[1] == a.rsplit(":", 1)[1]                    # the same files: the same content
+    cfg = json.loads((copy / "config.json").read_text()); cfg["latteclip_edited"] = 1
+    (copy / "config.json").write_text(json.dumps(cfg))
+    assert TransformersDescriber(str(copy), max_new_tokens=5).id != same
+    pkg = tmp_path / "pkg"; shutil.copytree(ROOT / "latteclip", pkg / "latteclip",
+                                              ignore=shutil.ignore_patterns("__pycache__"))
+    f = pkg / "latteclip" / "attributes.py"
+    assert '"blurry"' in f.read_text()
+    def attr_id(where):
+        return subprocess.run([sys.executable, "-c", "from latteclip.texts import AttributeDescriber as A; print(A().id)"],
+                              cwd=where, capture_output=True, text=True, check=True).stdout.strip()
+    before = attr_id(pkg)
+    f.write_text(f.read_text().replace('"blurry"', '"hazy"'))                 # one word of the offline describer
+    assert attr_id(pkg) != before and before.startswith("attributes-")
