@@ -36,6 +36,8 @@ class TrainConfig:
     mixer: bool = True          # False: uniform weights over the texts (ablation)
     ft_term: bool = True        # the term with the fine-tuned model's pseudo-labels
     zs_term: bool = True        # the term with the frozen zero-shot pseudo-labels (paper: on)
+    # which mixes move the prototypes: both (those of y_ft and of y_zs, as the authors' code) or zeroshot (y_zs only)
+    prototype_source: str = "both"
     seed: int = 0               # the one seed of the run
     precision: str = "auto"     # "bf16", "fp16" (GPU), "fp32", or "auto" (bf16 where supported)
     augment: bool = True        # random translation (1/8 of the side) and flip
@@ -45,6 +47,7 @@ class TrainConfig:
         "Refuse impossible settings before any work starts, in the flags' words."
         check_settings([(self.method in ("latteclip", "flyp"), f"unknown training method {self.method}"),
                         (0 < self.alpha <= 1, "--alpha must be in (0, 1]"), (self.warmup >= 0, "--warmup must be >= 0"),
+                        (self.prototype_source in ("both", "zeroshot"), "--prototype-source must be both or zeroshot"),
                         (set(self.kinds) <= set(KINDS) and "class" in self.kinds,
                          f"--kinds must include class and come from {', '.join(KINDS)}")], loop=self)
 
@@ -118,8 +121,9 @@ def latteclip_loss(model, f, idx, y_zs, P:Prototypes, bank:TextBank, cfg:TrainCo
         w = (text_weights(G, P.P) if cfg.mixer else torch.ones(G.shape[:2], device=dev)) * on   # (B, 3)
         m = mix(G, w)                                                              # (B, D)
         t = targets(P.P, y, m, cfg.alpha)                                          # (B, D)
-        mixed_all.append(m)
-        lab_all.append(y)
+        if cfg.prototype_source == "both" or name == "zs":                         # what moves the prototypes
+            mixed_all.append(m)
+            lab_all.append(y)
         if use:
             l = clip_loss(gather(f), gather(t), scale)
             loss = loss + l

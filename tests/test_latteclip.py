@@ -9,6 +9,7 @@ from latteclip.mixer import text_weights, mix, targets
 from latteclip.texts import AttributeDescriber, TextCache, synthetic_texts, describe_all, Request, collage, tiles
 from latteclip.train import TrainConfig, TextBank, clip_loss, latteclip_loss, finetune
 from conftest import latteclip, write_images
+from latteclip.core import LatteError
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,22 @@ def test_attention_rollout_by_hand(embedded):
     assert torch.allclose(got, R[:, 0, 1:].reshape(3, 8, 8), atol=1e-5)
     with pytest.raises(LatteError, match="vision transformer"):
         attention_rollout(load_clip("RN50", "random", "cpu"), torch.randn(1, 3, 224, 224))
+
+
+def test_prototype_source_zeroshot_moves_prototypes_from_y_zs_only(setup):
+    "--prototype-source zeroshot: only the mixes of the zero-shot labels reach the prototype update (both: y_ft's too)."
+    ds, pl, T = setup
+    clip = load_clip(device="cpu"); model = clip.model
+    bank = TextBank(T, clip.tokenizer)
+    P = Prototypes(encode_texts(clip, T.class_texts))
+    P.P.copy_(F.normalize(P.P + 0.05 * torch.randn_like(P.P), dim=-1))
+    idx = torch.arange(8); y_zs = pl.labels[idx]
+    with torch.no_grad():
+        f = model.encode_image(torch.randn(8, 3, 32, 32), normalize=True)
+        out = {src: latteclip_loss(model, f, idx, y_zs, P, bank, TrainConfig(prototype_source=src),
+                                   torch.Generator().manual_seed(0)) for src in ("both", "zeroshot")}
+    (lb, _, mb, labs_b, y_ft), (lz, _, mz, labs_z, _) = out["both"], out["zeroshot"]
+    assert torch.equal(lb, lz)                                                 # the loss is the same
+    assert torch.equal(labs_b, torch.cat([y_ft, y_zs])) and torch.equal(labs_z, y_zs)
+    assert torch.equal(mz, mb[8:])                                             # the zero-shot half of the mixes
+    with pytest.raises(LatteError, match="--prototype-source"): TrainConfig(prototype_source="ft")
