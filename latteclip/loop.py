@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_loop.ipynb 2
 from __future__ import annotations
-import contextlib, contextvars, csv, os, pickle, time
+import contextlib, contextvars, csv, json, os, pickle, time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -14,10 +14,21 @@ from safetensors.torch import save_file, load_file
 from .core import LatteError, Interrupted, StopRequest, progress, generator, out_dir, fsync_path, torch_save, staged
 
 # %% auto 0
-__all__ = ['save_checkpoint', 'load_checkpoint', 'check_stop', 'LossStep', 'tracker_kinds', 'tracking', 'StepLog', 'epoch_line',
-           'append_means', 'fit']
+__all__ = ['TRAINED_ON', 'trained_on_of', 'save_checkpoint', 'load_checkpoint', 'check_stop', 'LossStep', 'tracker_kinds',
+           'tracking', 'StepLog', 'epoch_line', 'append_means', 'fit']
 
 # %% ../nbs/07_loop.ipynb 5
+# what the run being trained was trained on (`methods.trained_on`), set by `run_method`; every checkpoint records it
+TRAINED_ON = contextvars.ContextVar("latteclip_trained_on", default=None)
+
+def trained_on_of(out:Path)->dict|None:
+    "What the checkpoint in `out` records it was trained on (read from its header only), or None."
+    from safetensors import safe_open
+    try:
+        with safe_open(str(Path(out) / "checkpoint.safetensors"), "pt") as fh: s = (fh.metadata() or {}).get("trained_on")
+        return json.loads(s) if s else None
+    except Exception: return None                                              # no checkpoint, or a damaged one
+
 def save_checkpoint(out:Path, # the checkpoint folder
                     model, extra:dict, # the model (its `state_dict`) and the method's own tensors, by name
                     opt, sched, hist, # the optimiser, the schedule and the method's history (a dataclass)
@@ -33,7 +44,8 @@ def save_checkpoint(out:Path, # the checkpoint folder
     sd.update({k: v.detach().contiguous() for k, v in extra.items()})
     ck, st = out / "checkpoint.safetensors.tmp", out / "state.pt.tmp"
     try:
-        save_file(sd, str(ck), metadata={"tag": tag})
+        meta = {"tag": tag} | ({"trained_on": json.dumps(TRAINED_ON.get())} if TRAINED_ON.get() is not None else {})
+        save_file(sd, str(ck), metadata=meta)
         fsync_path(ck)
         torch_save(dict(opt=opt.state_dict(), sched=sched.state_dict() if sched is not None else None, epoch=epoch,
                         step=step, tag=tag, g=g.get_state() if g is not None else None, partial=partial or {},

@@ -15,7 +15,7 @@ from .core import (LatteError, out_dir, seed_everything, reset_peak_rss, default
 from .data import open_data, NeedsClasses, EMBEDDED
 from .models import load_clip
 from .distributed import Dist, process_group
-from .loop import tracking, tracker_kinds
+from .loop import tracking, tracker_kinds, TRAINED_ON, trained_on_of
 
 # %% auto 0
 __all__ = ['RUN_ARGS', 'DEFAULT_HOLDOUT', 'RESUME_FREE', 'Method', 'RunContext', 'flag_name', 'setting_rows', 'register', 'load',
@@ -214,16 +214,14 @@ def trained_on(method:Method, cfg, ds, model:str, pretrained:str=None)->dict:
 
 def check_resume(folder:Path, # the run's checkpoint folder
                  now:dict, # `trained_on` of this run
-                 method:Method, resume:bool, write:bool=True, # write: this process records `now` (the first one)
-                ):
-    ("With `resume` and a checkpoint in `folder`: one sentence unless it was trained on what `now` says; otherwise "
-     "`now` is recorded (`trained_on.json`) for a later `--resume`.")
-    f = folder / "trained_on.json"
+                 method:Method, resume:bool):
+    ("With `resume` and a checkpoint in `folder`: one sentence unless the checkpoint was trained on what `now` says "
+     "(each checkpoint records it in its header, see `loop.TRAINED_ON`).")
     if resume and (folder / "state.pt").exists():
-        try: old = json.loads(f.read_text())
-        except (OSError, ValueError):
+        old = trained_on_of(folder)
+        if old is None:
             raise LatteError(f"The checkpoint in {folder} does not say what it was trained on (an older latteclip "
-                             "wrote it, or it is damaged): run again without --resume.") from None
+                             "wrote it, or it is damaged): run again without --resume.")
         words = dict(method="--method", model="--model", pretrained="--pretrained", classes="classes",
                      n_images="number of images", data="images (their content)")
         diff = [words[k] for k in words if old.get(k) != now[k]]
@@ -232,9 +230,6 @@ def check_resume(folder:Path, # the run's checkpoint folder
         if diff:
             raise LatteError(f"--resume: the checkpoint in {folder} was trained with other {', '.join(diff)}: run with "
                              "the same ones, or without --resume (or with another --out) to start afresh.")
-    elif write:
-        folder.mkdir(parents=True, exist_ok=True)
-        f.write_text(json.dumps(now, indent=1) + "\n")
 
 def run_method(method:str="latteclip", # a registered method (see `load`)
                data=None, classes=None, shift=None, # what `open_data` takes (default: the embedded set)
@@ -280,16 +275,19 @@ def run_method(method:str="latteclip", # a registered method (see `load`)
     out = out or f"runs/{method}"
     outside_data(out, data); outside_data(out, eval_data, "--eval-data")
     out = out_dir(out)                                                         # made once data and model are good
-    if m.resumable:                                                            # a checkpoint trained on other data: no
-        check_resume(out / "checkpoints", trained_on(m, cfg, ds, model, pretrained), m, resume,
-                     pg is None or pg.is_main_process)
+    now = trained_on(m, cfg, ds, model, pretrained) if m.resumable else None
+    if m.resumable: check_resume(out / "checkpoints", now, m, resume)          # a checkpoint trained on other data: no
     ctx = RunContext(m, cfg, ds, clip, out, t0, seed, resume, data, dist, prepared, ev)
-    with tracking(report_to, method, out) as trackers, run_files(out) as f:   # config.json with the run's files
-        r = m.run(ctx)
-        if r is not None:
-            config = run_config(m, cfg, full, data, classes, model, pretrained, seed, device, eval_data, eval_shift,
-                                report_to, holdout)
-            f("config.json").write_text(json.dumps(config, indent=2) + "\n")
-            final = {f"metrics/{k}": v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            for t in trackers: t.log(final, step=0)
+    token = TRAINED_ON.set(now)                                                # each checkpoint records it
+    try:
+        with tracking(report_to, method, out) as trackers, run_files(out) as f:   # config.json with the run's files
+            r = m.run(ctx)
+            if r is not None:
+                config = run_config(m, cfg, full, data, classes, model, pretrained, seed, device, eval_data,
+                                    eval_shift, report_to, holdout)
+                f("config.json").write_text(json.dumps(config, indent=2) + "\n")
+                final = {f"metrics/{k}": v for k, v in r.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                for t in trackers: t.log(final, step=0)
+    finally: TRAINED_ON.reset(token)
     return r

@@ -277,6 +277,7 @@ class TextCache:
         stem, suffix = re.escape(self.path.stem), re.escape(self.path.suffix)
         name = re.compile(stem + r"\.part\d+" + suffix)                   # only the names `part` gives
         new = 0
+        if not self.path.parent.is_dir(): return new                     # nothing was written yet
         for f in sorted(f for f in self.path.parent.iterdir() if name.fullmatch(f.name)):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
