@@ -44,7 +44,8 @@ def folder_id(model_id:str)->str:
     if not p.is_dir(): return ""
     from latteclip.pseudolabels import file_hash
     from latteclip.core import stable_hash
-    files = sorted(f for f in p.rglob("*") if f.is_file() and not any(s.startswith(".") for s in f.relative_to(p).parts))
+    files = sorted(f for f in p.rglob("*")
+                   if f.is_file() and not any(s.startswith(".") for s in f.relative_to(p).parts))
     return stable_hash(*[(str(f.relative_to(p)), file_hash(f)) for f in files], n=12)
 
 def local_folder(model_id:str)->Path|None:

@@ -25,7 +25,8 @@ def trained_on_of(out:Path)->dict|None:
     "What the checkpoint in `out` records it was trained on (read from its header only), or None."
     from safetensors import safe_open
     try:
-        with safe_open(str(Path(out) / "checkpoint.safetensors"), "pt") as fh: s = (fh.metadata() or {}).get("trained_on")
+        with safe_open(str(Path(out) / "checkpoint.safetensors"), "pt") as fh:
+            s = (fh.metadata() or {}).get("trained_on")
         return json.loads(s) if s else None
     except Exception: return None                                              # no checkpoint, or a damaged one
 
@@ -110,7 +111,7 @@ _TRACKERS = contextvars.ContextVar("latteclip_trackers", default=())
 def tracker_kinds(report_to:str)->list:
     "The trackers `report_to` names (checked: known, and their package installed), before any work starts."
     kinds = list(dict.fromkeys(k.strip() for k in (report_to or "").split(",") if k.strip() not in ("", "none")))
-    if report_to not in (None, "", "none") and not kinds and report_to.strip() not in ("none",):
+    if report_to not in (None, "", "none") and not kinds:
         raise LatteError(f"--report-to {report_to!r} names no tracker: choose tensorboard or wandb, or none.")
     for k in kinds:
         if k not in ("tensorboard", "wandb"):

@@ -284,8 +284,9 @@ def split_settings(methods:list, kw:dict)->dict:
     run = {k: kw[k] for k in RUN_ARGS if k in kw}
     return {m: {**run, **{k: v for k, v in given.items() if k in own[m]}} for m in methods}
 
+# what a row of several seeds gives the mean, min and max of
 SEEDED = ("top1", "per_class_mean", "eval_top1", "eval_per_class_mean", "eval_auroc", "zeroshot_top1", "top1_text",
-          "top1_prototypes", "auroc", "zeroshot_auroc", "seconds")   # what a row of several seeds gives mean, min, max of
+          "top1_prototypes", "auroc", "zeroshot_auroc", "seconds")
 
 def seed_row(rows:list)->dict:
     ("One row of several seeds' rows of a method: each number of `SEEDED` as its mean (2 decimals), with `_min` and "
