@@ -136,7 +136,8 @@ def _compare_command(sub, methods, flags):
                        help="several methods on the same data, model, shift and seed: table.md and table.json")
     c.add_argument("--methods", default="zeroshot,flyp-pseudo,latteclip",
                    help=f"comma-separated, from {', '.join(methods)}; or all ({', '.join(group('all'))}), "
-                        f"or ablation ({', '.join(group('ablation'))})")
+                        f"or ablation ({', '.join(group('ablation'))}), "
+                        f"or ueo-settings ({', '.join(group('ueo-settings'))})")
     _data_args(c)
     _model_args(c)
     c.add_argument("--out", default="runs/compare")

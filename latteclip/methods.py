@@ -127,7 +127,8 @@ def get(name:str)->Method:
     return methods[name]
 
 def group(name:str)->list:
-    "The methods of a named set of `compare --methods`: `all` (every method, no ablations) or `ablation`."
+    ("The methods of a named set of `compare --methods`: `all` (every method, no ablations), `ablation` or "
+     "`ueo-settings` (UEO's four settings).")
     return [m for m, v in load().items() if name in v.groups]
 
 # %% ../nbs/09_methods.ipynb 12

@@ -36,6 +36,11 @@ class NoLAConfig:
     lr: float = 1e-3                   # AdamW on the prompts, cosine schedule
     weight_decay: float = 0.           # AdamW's on the prompts
     threshold: float = 0.              # labeller confidence needed for a FixMatch target (0: every image)
+    train_norm: bool = True            # also train the vision tower's LayerNorm affines (the authors' code)
+    train_classifier: bool = True      # also train the classifier, initialised from the class embeddings (authors)
+    label_smoothing: float = 0.1       # of the prompt-tuning cross-entropy (the authors' 0.1)
+    teacher_view: str = "plain"        # the labeller's view: "plain" (un-augmented, the authors') or "weak"
+    topk_fallback: bool = True         # fill a class short of top_k from images it is 2nd, then 3rd for (authors)
     randaug_ops: int = 2               # RandAugment operations per strong view
     randaug_magnitude: int = 9         # RandAugment magnitude (0-30)
     precision: str = "auto"            # "bf16", "fp16" (GPU), "fp32", or "auto" (bf16 where supported)
@@ -45,6 +50,8 @@ class NoLAConfig:
         check_settings([(self.n_prompts >= 1, "--n-prompts must be at least 1"),
                         (self.top_k is None or self.top_k >= 1, "--nola-top-k must be at least 1"),
                         (0 <= self.threshold < 1, "--nola-threshold must be in [0, 1)"),
+                        (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+                        (self.teacher_view in ("plain", "weak"), "--teacher-view must be plain or weak"),
                         (self.randaug_ops >= 0, "--randaug-ops must be >= 0"),
                         (0 <= self.randaug_magnitude <= 30, "--randaug-magnitude must be from 0 to 30"),
                         (self.head_epochs >= 1 and self.head_lr > 0,
@@ -62,15 +69,25 @@ class NoLAHistory:
 
 # %% ../nbs/22_nola.ipynb 8
 def confident_topk(probs:torch.Tensor, # (N, C) class probabilities
-                   k:int)->tuple:
-    "Indices and labels of the `k` most confident images per predicted class."
-    conf, pred = probs.max(1)
-    idx = []
-    for c in range(probs.shape[1]):
-        m = torch.nonzero(pred == c).flatten()
-        idx.append(m[conf[m].argsort(descending=True)[:k]])
-    idx = torch.cat(idx)
-    return idx, pred[idx]
+                   k:int,
+                   fallback:int=1, # ranks searched per class: 1 = its top-1 images only; 3 = the authors' (2nd, 3rd)
+                  )->tuple:
+    ("Indices and labels of the `k` most confident images per predicted class; a class with fewer than `k` is "
+     "filled, most probable first, from the images it is the 2nd (then 3rd ...) prediction of, each image used once.")
+    order = probs.argsort(1, descending=True)
+    taken = torch.zeros(len(probs), dtype=torch.bool)
+    picked = [[] for _ in range(probs.shape[1])]
+    for r in range(fallback):                                         # rank 0 for every class first, then rank 1 ...
+        for c in range(probs.shape[1]):
+            need = k - sum(len(m) for m in picked[c])
+            if need <= 0: continue
+            m = torch.nonzero((order[:, r] == c) & ~taken).flatten()
+            m = m[probs[m, c].argsort(descending=True)[:need]]
+            taken[m] = True
+            picked[c].append(m)
+    idx = torch.cat([torch.cat(p) if p else torch.zeros(0, dtype=torch.long) for p in picked])
+    y = torch.cat([torch.full((sum(len(m) for m in p),), c, dtype=torch.long) for c, p in enumerate(picked)])
+    return idx, y
 
 class AlignmentHead(nn.Module):
     ("`logits = scale * cos(A f, T)`: self-supervised features `f` mapped into CLIP's space and scored against the "
@@ -182,13 +199,16 @@ def strong_views(x:torch.Tensor, # uint8 (B, H, W, 3)
     return augment(y.permute(0, 2, 3, 1), g, pad=max(1, x.shape[1] // 8))
 
 def fixmatch_loss(logits:torch.Tensor, # (B, C) CLIP's logits on the strong views
-                  q:torch.Tensor, # (B, C) the labeller's probabilities on the weak views
-                  threshold:float=0.)->tuple:
-    ("`(loss, mask)`: cross-entropy to the labeller's argmax, averaged over the images whose labeller confidence is "
-     ">= `threshold`.")
+                  q:torch.Tensor, # (B, C) the labeller's probabilities on the teacher's views
+                  threshold:float=0.,
+                  label_smoothing:float=0., # of the cross-entropy (the authors' 0.1)
+                 )->tuple:
+    ("`(loss, mask)`: cross-entropy (label-smoothed) to the labeller's argmax, averaged over the images whose "
+     "labeller confidence is >= `threshold`.")
     conf, target = q.max(-1)
     mask = (conf >= threshold).float()
-    loss = (F.cross_entropy(logits.float(), target, reduction="none") * mask).sum() / mask.sum().clamp(min=1)
+    ce = F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=label_smoothing)
+    loss = (ce * mask).sum() / mask.sum().clamp(min=1)
     return loss, mask
 
 @torch.no_grad()
@@ -215,7 +235,7 @@ def _labelling(clip, ssl, T, pixels, spx, norm, cfg, history=None)->tuple:
      "on it with its probabilities.")
     before = nola_logits(clip, None, T, pixels, norm)                              # step 1: the description classifier
     k = cfg.top_k or max(1, len(pixels) // (5 * len(T)))
-    idx, y = confident_topk(before.softmax(-1), k)                                  # step 2
+    idx, y = confident_topk(before.softmax(-1), k, 3 if cfg.topk_fallback else 1)   # step 2
     head, head_loss = fit_head(ssl, spx, idx, y, T.to(clip.device), clip.logit_scale, cfg, history)
     return before, k, idx, y, head, head_loss, head_probs(ssl, head, spx)
 
@@ -240,47 +260,61 @@ def fit_nola(clip, ds, # a `Clip` (only its prompts are trained) and an unlabele
     before, k, idx, y, head, head_loss, hp = _labelling(clip, ssl, T, pixels, spx, norm, cfg,
                                                         history if dist.is_main else None)
     for p in model.parameters(): p.requires_grad_(False)
+    from latteclip.ueo import norm_affines
+    affines = [p for _, p in norm_affines(model.visual)] if cfg.train_norm else []
+    for p in affines: p.requires_grad_(True)
+    classifier = nn.Linear(T.shape[1], len(T), bias=False).to(dev)               # starts as the class embeddings
+    with torch.no_grad(): classifier.weight.copy_(T)
+    classifier.weight.requires_grad_(cfg.train_classifier)
     bs = min(cfg.batch_size, N)
     total = cfg.epochs * max(1, N // bs)
-    opt = torch.optim.AdamW([prompts.prompts], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [[prompts.prompts], affines, [classifier.weight] if cfg.train_classifier else []]
+    opt = torch.optim.AdamW([{"params": g} for g in groups if g], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    Tdev = T.to(dev)
-    model.eval()
+    model.eval()                                                                      # statistics frozen, affines learn
     def forward(x):                                            # this process's strong views -> the micro-batch's logits
-        with dist.autocast(): logits = s * model.encode_image(x, normalize=True).float() @ Tdev.T
+        with dist.autocast(): logits = s * model.encode_image(x, normalize=True).float() @ classifier.weight.float().T
         return dist.gather_grad(logits)
-    step_fn, dist_opt = dist.prepare(LossStep(forward, prompts=prompts), opt)
+    step_fn, dist_opt = dist.prepare(LossStep(forward, model=model, prompts=prompts, classifier=classifier), opt)
 
     def batch(b, g):                                                       # the global batch: views drawn for all of it
-        weak = augment(spx[b], g, pad=max(1, ssl.size // 8))
+        weak = augment(spx[b], g, pad=max(1, ssl.size // 8)) if cfg.teacher_view == "weak" else None
         return weak, norm(strong_views(pixels[b], g, cfg.randaug_ops, cfg.randaug_magnitude))
     def loss(inputs, b, mine, j):
         weak, x = inputs
-        # the labeller, weak views
-        with torch.no_grad(): q = dist.gather(head(ssl.features(weak[mine].to(dev))).softmax(-1))
+        if weak is None:                                    # the labeller on the plain images: computed once, above
+            ga = dist.grad_accum
+            q = hp[b[j * len(b) // ga:(j + 1) * len(b) // ga]].to(dev)           # the whole micro-batch's
+        else:                                               # the labeller, weak views
+            with torch.no_grad(): q = dist.gather(head(ssl.features(weak[mine].to(dev))).softmax(-1))
         logits = step_fn(x[mine].to(dev))
-        l, mask = fixmatch_loss(logits, q, cfg.threshold)
+        l, mask = fixmatch_loss(logits, q, cfg.threshold, cfg.label_smoothing)
         return l, (logits, q, mask)
     def record(l, aux, b, mine, j):
         logits, q, mask = aux
         return l.item(), mask.mean().item(), (logits.argmax(-1) == q.argmax(-1)).float().mean().item()
     def restore(weights):
-        with torch.no_grad(): prompts.prompts.copy_(weights.pop("__prompts__"))
+        with torch.no_grad():
+            prompts.prompts.copy_(weights.pop("__prompts__"))
+            classifier.weight.copy_(weights.pop("__classifier__"))
+        model.load_state_dict(weights)
 
     with prompts.attached(model.visual):
         hist = fit("nola", N, cfg, model, opt, sched, dist, step_fn, dist_opt, batch, loss, record,
                    lambda micro: tuple(np.mean(micro, 0).tolist()),
                    lambda h, epoch, parts, seconds: append_means(h, ("loss", "mask", "agreement"), parts, seconds),
                    NoLAHistory(head_loss=head_loss),
-                   extra=lambda: {"__prompts__": prompts.prompts}, restore=restore,
+                   extra=lambda: {"__prompts__": prompts.prompts, "__classifier__": classifier.weight},
+                   restore=restore,
                    load_hist=lambda d: NoLAHistory(**{**d, "head_loss": head_loss}), out=out, resume=resume,
                    on_step=on_step, train_mode=False, history=history, columns=("loss", "mask", "agreement"))
     for p in model.parameters(): p.requires_grad_(True)
     model.eval()
     clip.clear_text_cache()
+    T0, T = T, classifier.weight.detach().float().cpu()                         # the classifier after training
     after = nola_logits(clip, prompts, T, pixels, norm)
-    return dict(T=T, descriptions=desc, logits_before=before, topk_idx=idx, topk_labels=y, head=head, head_probs=hp,
-                prompts=prompts, logits_after=after, history=hist, top_k=k, ssl=ssl.name)
+    return dict(T=T, T0=T0, descriptions=desc, logits_before=before, topk_idx=idx, topk_labels=y, head=head,
+                head_probs=hp, prompts=prompts, logits_after=after, history=hist, top_k=k, ssl=ssl.name)
 
 # %% ../nbs/22_nola.ipynb 18
 def run_nola(clip, ds, cfg:NoLAConfig=None, ssl=None, out=None, resume:bool=False, on_step=None, cache=None,

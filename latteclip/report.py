@@ -264,9 +264,10 @@ def _finished(path, config:dict)->dict|None:
     return m if same and isinstance(m, dict) else None
 
 def method_list(methods)->list:
-    "`methods` as a list of registered names: a comma-separated string, a list, `all` or `ablation`."
+    ("`methods` as a list of registered names: a comma-separated string, a list, or a named set (`all`, `ablation`, "
+     "`ueo-settings`).")
     if isinstance(methods, str):
-        methods = group(methods.strip()) if methods.strip() in ("all", "ablation") else methods.split(",")
+        methods = group(methods.strip()) or methods.split(",")
     methods = [m.strip() for m in methods if m.strip()]
     known = load()
     bad = [m for m in methods if m not in known]

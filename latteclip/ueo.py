@@ -15,8 +15,8 @@ from .loop import fit, LossStep, append_means
 from .distributed import Dist, start_run
 
 # %% auto 0
-__all__ = ['entropy', 'ueo_loss', 'confidence_weights', 'PromptLearner', 'norm_affines', 'known_split', 'UEOConfig', 'UEOHistory',
-           'ueo_predict', 'fit_ueo', 'run_ueo', 'UEOSettings']
+__all__ = ['entropy', 'ueo_loss', 'confidence_weights', 'PromptLearner', 'norm_affines', 'known_split', 'absent_split',
+           'without_classes', 'UEOConfig', 'UEOHistory', 'ueo_predict', 'fit_ueo', 'run_ueo', 'UEOSettings']
 
 # %% ../nbs/21_ueo.ipynb 6
 def entropy(p:torch.Tensor, dim:int=-1)->torch.Tensor:
@@ -99,6 +99,39 @@ def known_split(classes:list, # all class names of the data
                          "classes.")
     return idx
 
+def absent_split(classes:list, # all class names of the data
+                 known:list, # the known class indices (`known_split`)
+                 absent=None, # names of known classes whose images leave the data (or a comma-separated string)
+                 n_absent:int=0, # when `absent` is None: the last `n_absent` known classes
+                )->list:
+    ("The known class indices whose images are taken out of the data (the partial settings); one sentence for a "
+     "name that is not a known class, or when fewer than two known classes would keep images.")
+    if isinstance(absent, str): absent = [a.strip() for a in absent.split(",") if a.strip()]
+    norm = lambda s: s.strip().replace("_", " ").lower()
+    if absent:
+        lookup = {norm(classes[i]): i for i in known}
+        bad = [a for a in absent if norm(a) not in lookup]
+        if bad: raise LatteError(f"--absent-classes {', '.join(bad)} not among the known classes "
+                                 f"({', '.join(classes[i] for i in known)}).")
+        idx = sorted({lookup[norm(a)] for a in absent})
+    else: idx = list(known[max(0, len(known) - n_absent):]) if n_absent else []
+    if len(known) - len(idx) < 2:
+        how = "--absent-classes" if absent else f"--n-absent {n_absent}"
+        raise LatteError(f"{how} leaves {len(known) - len(idx)} of the {len(known)} known classes with images: "
+                         "at least two must keep theirs.")
+    return idx
+
+def without_classes(ds, # an `ImageSet` whose labels are its class folders
+                    names:list, # class names whose images are taken out
+                   ):
+    "`ds` without the images of the classes `names` (matched by name): how a partial-set target is built."
+    if not names: return ds
+    if not ds.has_labels:
+        raise LatteError(f"--absent-classes / --n-absent take images out by their class folder, and {ds.name} has "
+                         "none: give --data a folder of class folders.")
+    gone = {ds.classes.index(c) for c in names if c in ds.classes}
+    return ds.subset([i for i, l in enumerate(ds.labels) if l not in gone])
+
 from .zeroshot import auroc   # AUROC of known against unknown images (percent), shared with `held_out`
 
 # %% ../nbs/21_ueo.ipynb 14
@@ -107,9 +140,9 @@ class UEOConfig:
     "Hyper-parameters of UEO (see the table at the top of this notebook)."
     epochs: int = 10                   # passes over the unlabeled images
     batch_size: int = 64               # images per optimizer step (the marginal entropy is over it)
-    lr: float = 1e-4                   # SGD with momentum, cosine schedule
-    momentum: float = 0.9              # SGD momentum
-    weight_decay: float = 5e-4         # SGD weight decay
+    lr: float = 1e-4                   # SGD, cosine schedule (the authors' lr)
+    momentum: float = 0.               # SGD momentum (the authors' code: none; 0.9 the usual alternative)
+    weight_decay: float = 0.           # SGD weight decay (the authors' code: none)
     lam: float = 1.0                   # weight of the marginal-entropy term
     weight_scale: float = None         # s_w of the confidence weights; None: the model's logit scale; authors' code: 1
     n_ctx: int = 4                     # learnable text context tokens
@@ -121,6 +154,7 @@ class UEOConfig:
         check_settings([(self.weight_scale is None or self.weight_scale > 0, "--ueo-weight-scale must be positive"),
                         (self.n_ctx >= 1, "--n-ctx must be at least 1"),
                         (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
+                        (self.weight_decay >= 0, "--weight-decay must be >= 0"),
                         (self.lam >= 0, "--lam must be >= 0")],
                        loop=self)
 
@@ -203,16 +237,20 @@ def fit_ueo(clip, ds, # a `Clip` (its normalisation affines are trained in place
 # %% ../nbs/21_ueo.ipynb 16
 def run_ueo(clip, ds, # a `Clip` and an `ImageSet` (labels are read only by the evaluation at the end)
             cfg:UEOConfig=None, known=None, n_unknown:int=0, on_step=None, out=None, resume:bool=False,
+            absent=None, n_absent:int=0, # known classes whose images leave the data (see `absent_split`)
             # the process group (see `fit_ueo`); in a launched group only the first process returns the results
             dist=None, history=None, # `history.csv` (see `fit_ueo`)
            )->dict:
-    "UEO end to end on `ds` with the known classes `known` (see `known_split`); logits and scores before and after."
+    ("UEO end to end on `ds` with the known classes `known` (see `known_split`), without the images of the absent "
+     "ones; logits and scores before and after.")
     from latteclip.zeroshot import scores
     kidx = known_split(ds.classes, known, n_unknown)
     classes = [ds.classes[i] for i in kidx]
+    gone = [ds.classes[i] for i in absent_split(ds.classes, kidx, absent, n_absent)]
+    ds = without_classes(ds, gone)                                           # the partial settings' target data
     prompts, r = fit_ueo(clip, ds.unlabeled(), classes, cfg, on_step, out, resume, dist, history)
     if dist is not None and not dist.is_main: return None
-    res = dict(known=kidx, known_classes=classes, prompts=prompts, **r)
+    res = dict(known=kidx, known_classes=classes, absent_classes=gone, ds=ds, prompts=prompts, **r)
     if ds.has_labels:                                                                  # evaluation only
         remap = {c: j for j, c in enumerate(kidx)}
         y = np.array([remap.get(l, -1) for l in ds.labels])
@@ -237,21 +275,27 @@ class UEOSettings(UEOConfig):
     "Settings of a UEO run: the training (`UEOConfig`) and which classes are known."
     known_classes: str = None      # comma-separated known classes; images of the others stay in the data as unknowns
     n_unknown: int = 0             # without --known-classes: the last this many classes are the unknown ones
+    absent_classes: str = None     # comma-separated known classes whose images are taken out of the data (partial set)
+    n_absent: int = 0              # without --absent-classes: the last this many known classes are absent
     flags = {"weight_scale": "--ueo-weight-scale"}
 
     def __post_init__(self):
         super().__post_init__()
-        known = self.known_classes
+        known, absent = self.known_classes, self.absent_classes
         check_settings([(self.n_unknown >= 0, "--n-unknown must be >= 0"),
-                        (known is None or any(k.strip() for k in known.split(",")), "--known-classes names no class")])
+                        (self.n_absent >= 0, "--n-absent must be >= 0"),
+                        (known is None or any(k.strip() for k in known.split(",")), "--known-classes names no class"),
+                        (absent is None or any(a.strip() for a in absent.split(",")),
+                         "--absent-classes names no class")])
 
 def _run_ueo(ctx:RunContext)->dict:
     "UEO end to end, scored on the known-class images, with `open_set.csv` beside the run's files."
     cfg, ds, clip, out = ctx.cfg, ctx.ds, ctx.clip, ctx.out
     r = run_ueo(clip, ds, cfg, cfg.known_classes, cfg.n_unknown, out=Path(out) / "checkpoints", resume=ctx.resume,
-                dist=ctx.dist, history=Path(out) / "history.csv")
+                dist=ctx.dist, history=Path(out) / "history.csv", absent=cfg.absent_classes, n_absent=cfg.n_absent)
     if r is None: return None                                                 # not the first of several processes
-    names, known = r["known_classes"], "is_known" in r
+    names, known, ds = r["known_classes"], "is_known" in r, r["ds"]           # `ds`: without the absent classes
+    eval_ds = without_classes(ctx.eval_ds, r["absent_classes"]) if ctx.eval_ds is not None else None
     if ds.has_labels:                                                         # scored on the known-class images
         keep = np.flatnonzero(r["is_known"]).tolist()
         test = ds.subset(keep).relabel(names, r["known_labels"][keep].tolist())
@@ -262,10 +306,11 @@ def _run_ueo(ctx:RunContext)->dict:
     clf = Classifier(ctx.method.name, names, clip.logit_scale, {"weights": W})
     with run_files(out) as f:                                                 # the run's files: all of them or none
         m = write_run(out, ctx.method.name, test, clip, r["logits_after"][keep], time.time() - ctx.t0, head=clf,
-                      eval_ds=ctx.eval_ds,
+                      eval_ds=eval_ds,
                       auroc=r.get("ueo_auroc"), zeroshot_top1=r.get("zeroshot_top1"),
                       zeroshot_per_class_mean=r.get("zeroshot_per_class_mean"),
-                      zeroshot_auroc=r.get("zeroshot_auroc"), known_classes=names, n_unlabeled=len(ds),
+                      zeroshot_auroc=r.get("zeroshot_auroc"), known_classes=names,
+                      absent_classes=r["absent_classes"], n_unlabeled=len(ds),
                       n_unknown_images=int((~r["is_known"]).sum()) if known else None, seed=cfg.seed,
                       weight_scale=cfg.weight_scale if cfg.weight_scale is not None else clip.logit_scale,
                       config=asdict(cfg),
@@ -276,17 +321,31 @@ def _run_ueo(ctx:RunContext)->dict:
 
 def _ueo_summary(m:dict)->str:
     au = lambda v: "n/a" if v is None else f"{v}%"
-    return (f"known classes {', '.join(m['known_classes'])}: zero-shot top-1 {m['zeroshot_top1']}% "
+    gone = f", absent from the data: {', '.join(m['absent_classes'])}" if m.get("absent_classes") else ""
+    return (f"known classes {', '.join(m['known_classes'])}{gone}: zero-shot top-1 {m['zeroshot_top1']}% "
             f"(AUROC {au(m['zeroshot_auroc'])}) -> UEO {m['top1']}% (AUROC {au(m['auroc'])}), "
             f"{m['n_unknown_images']} unknown-class images")
 
-_UEO_METRICS = ("auroc", "zeroshot_top1", "zeroshot_per_class_mean", "zeroshot_auroc", "known_classes", "n_unlabeled",
+_UEO_METRICS = ("auroc", "zeroshot_top1", "zeroshot_per_class_mean", "zeroshot_auroc", "known_classes",
+                "absent_classes", "n_unlabeled",
                 "n_unknown_images", "weight_scale", "config", "history")
-_check_known = lambda cfg, ds, _: known_split(ds.classes, cfg.known_classes, cfg.n_unknown)   # a bad class name: now
+def _check_known(cfg, ds, _):
+    "A bad class name, too few known or present classes, or absent classes without class folders: refused now."
+    kidx = known_split(ds.classes, cfg.known_classes, cfg.n_unknown)
+    gone = absent_split(ds.classes, kidx, cfg.absent_classes, cfg.n_absent)
+    if gone and not ds.has_labels: without_classes(ds, ["?"])                # its one sentence
 register(Method("ueo", UEOSettings, _run_ueo, "UEO (ICML 2024): entropy optimisation of CLIP's normalisation layers "
                 "and a text context, closed set", metrics=_UEO_METRICS, columns=("zeroshot_top1", "auroc",
                                                                                  "zeroshot_auroc"),
-                summary=_ueo_summary, check_data=_check_known))
+                summary=_ueo_summary, check_data=_check_known, groups=("all", "ueo-settings")))
 register(Method("ueo-open", UEOSettings, _run_ueo, "UEO on an open set: the last 4 classes are unknown (known-class "
                 "top-1 and the AUROC of unknown detection)", dict(n_unknown=4), metrics=_UEO_METRICS,
-                columns=("zeroshot_top1", "auroc", "zeroshot_auroc"), summary=_ueo_summary, check_data=_check_known))
+                columns=("zeroshot_top1", "auroc", "zeroshot_auroc"), summary=_ueo_summary, check_data=_check_known,
+                groups=("all", "ueo-settings")))
+register(Method("ueo-partial", UEOSettings, _run_ueo, "UEO on a partial set: every class listed, the last 4 absent "
+                "from the data", dict(n_absent=4), metrics=_UEO_METRICS, columns=("zeroshot_top1",),
+                summary=_ueo_summary, check_data=_check_known, groups=("ueo-settings",)))
+register(Method("ueo-open-partial", UEOSettings, _run_ueo, "UEO on an open-partial set: the last 4 classes unknown, "
+                "the last 2 known ones absent from the data", dict(n_unknown=4, n_absent=2), metrics=_UEO_METRICS,
+                columns=("zeroshot_top1", "auroc", "zeroshot_auroc"), summary=_ueo_summary, check_data=_check_known,
+                groups=("ueo-settings",)))

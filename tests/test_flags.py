@@ -122,8 +122,14 @@ def table(d:Path, tree:Path)->list:
         ("--n-unknown", ueo + ["--n-unknown", "-1"]), ("--n-unknown", ueo + ["--n-unknown", "3"]),
         ("--known-classes", ueo + ["--known-classes", "airplane,zebra"]), ("--known-classes", ueo + ["--known-classes", ","]),
         ("--epochs", ueo + ["--epochs", "0"]), ("--lr", ueo + ["--lr", "nan"]),
+        ("--n-absent", ueo + ["--n-absent", "-1"]), ("--n-absent", ueo + ["--n-absent", "2"]),
+        ("--absent-classes", ueo + ["--absent-classes", "zebra"]), ("--absent-classes", ueo + ["--absent-classes", ","]),
+        ("--n-absent", run + ["--method", "ueo-partial", "--epochs", "1"]),                  # 4 absent of 3 classes
+        ("--weight-decay", ueo + ["--weight-decay", "-1"]),
         # NoLA
         ("--nola-top-k", nola + ["--nola-top-k", "0"]), ("--head-epochs", nola + ["--head-epochs", "0"]),
+        ("--label-smoothing", nola + ["--label-smoothing", "1"]), ("--label-smoothing", nola + ["--label-smoothing", "-0.1"]),
+        ("--teacher-view", nola + ["--teacher-view", "strong"]),
         ("--head-lr", nola + ["--head-lr", "0"]), ("--n-prompts", nola + ["--n-prompts", "0"]),
         ("--nola-threshold", nola + ["--nola-threshold", "2"]), ("--randaug-ops", nola + ["--randaug-ops", "-1"]),
         ("--randaug-magnitude", nola + ["--randaug-magnitude", "31"]),

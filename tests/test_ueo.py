@@ -93,3 +93,82 @@ def test_ueo_open_set_cli(tmp_path, small_tree):
     assert r.returncode == 2 and "--known-classes horse not among" in r.stderr and "Traceback" not in r.stderr
     r = latteclip("run", "--method", "ueo", "--ueo-weight-scale", "-1", "--out", tmp_path / "y")
     assert r.returncode == 2 and "--ueo-weight-scale must be positive" in r.stderr
+
+
+def test_absent_split_and_without_classes(embedded):
+    from latteclip.ueo import absent_split, without_classes
+    cls = ["cat", "dog", "sea turtle", "car", "ship"]
+    known = known_split(cls, n_unknown=1)                                     # ship unknown
+    assert absent_split(cls, known) == [] and absent_split(cls, known, n_absent=2) == [2, 3]
+    assert absent_split(cls, known, "Sea_Turtle") == [2] and absent_split(cls, known, "car, cat") == [0, 3]
+    with pytest.raises(LatteError, match="--absent-classes ship not among the known classes"): absent_split(cls, known, "ship")
+    with pytest.raises(LatteError, match="--n-absent 3 leaves 1 of the 4 known classes with images"):
+        absent_split(cls, known, n_absent=3)
+    with pytest.raises(LatteError, match="--n-absent 5 leaves 0 of the 4 known classes with images"):
+        absent_split(cls, known, n_absent=5)
+    with pytest.raises(LatteError, match="--absent-classes leaves 1"): absent_split(cls, known, "cat,dog,car")
+    ds = embedded.subset(range(0, 5000, 250))                                 # 20 real images, 2 of each class
+    part = without_classes(ds, ["cat", "dog"])
+    assert len(part) == 16 and not {"cat", "dog"} & {part.classes[l] for l in part.labels} and part.classes == ds.classes
+    assert without_classes(ds, []) is ds
+    with pytest.raises(LatteError, match="take images out by their class folder"): without_classes(ds.unlabeled(), ["cat"])
+
+
+def test_the_authors_plain_sgd_is_the_default(embedded):
+    "One step of the default optimiser is exactly `p - lr * grad` (no momentum, no weight decay) on every trainable."
+    clip = load_clip(device="cpu")
+    cfg = UEOConfig(epochs=1, batch_size=40, lr=0.5, augment=False, precision="fp32")
+    assert (cfg.momentum, cfg.weight_decay) == (0., 0.)
+    ds = embedded.subset(range(0, 5000, 125)).unlabeled()                    # 40 images: one step
+    from latteclip.pixels import load_pixels, normalizer
+    prompts = PromptLearner(clip, embedded.classes)
+    x = normalizer(clip)(torch.from_numpy(load_pixels(ds, clip.image_size)).permute(0, 3, 1, 2).float() / 255.)
+    affines = [p for _, p in norm_affines(clip.model.visual)]
+    for p in affines: p.requires_grad_(True)
+    s = clip.model.logit_scale.exp().clamp(max=100).detach()
+    with torch.no_grad(): w = confidence_weights(clip.model.encode_image(x, normalize=True) @ prompts().T, clip.logit_scale)
+    ueo_loss(s * clip.model.encode_image(x, normalize=True) @ prompts().T, w).backward()
+    want = [(prompts.ctx - 0.5 * prompts.ctx.grad).detach()] + [(p - 0.5 * p.grad).detach() for p in affines]
+    clip = load_clip(device="cpu")
+    got, _ = fit_ueo(clip, ds, embedded.classes, cfg)
+    have = [got.ctx.detach()] + [p.detach() for _, p in norm_affines(clip.model.visual)]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(have, want))
+    moved = max((a - b).abs().max().item() for a, b in zip(want[1:], affines))
+    assert moved > 1e-4                                                      # the step is not vanishingly small
+
+
+def test_the_four_settings_cli(tmp_path, embedded):
+    "closed, partial, open and open-partial on a real 4-class folder, held-out images scored the same way."
+    from conftest import write_images
+    from latteclip.report import method_list
+    assert method_list("ueo-settings") == ["ueo", "ueo-open", "ueo-partial", "ueo-open-partial"]
+    data = write_images(embedded, [k * 500 + j for k in range(4) for j in range(12)], tmp_path / "data")
+    ev = write_images(embedded, [k * 500 + 100 + j for k in range(4) for j in range(8)], tmp_path / "eval")
+    quick = ["--data", data, "--eval-data", ev, "--epochs", "1", "--batch-size", "16"]
+    runs = {"partial": ["--method", "ueo-partial", "--n-absent", "1"],
+            "open-partial": ["--method", "ueo-open-partial", "--known-classes", "airplane,automobile,bird",
+                             "--absent-classes", "bird"]}
+    m = {}
+    for k, args in runs.items():
+        r = latteclip("run", *args, *quick, "--out", tmp_path / k)
+        assert r.returncode == 0, r.stderr
+        m[k] = json.loads((tmp_path / k / "metrics.json").read_text())
+    p, op = m["partial"], m["open-partial"]
+    assert p["absent_classes"] == ["cat"] and p["n_unlabeled"] == 36 and p["n_images"] == 36 and p["n_classes"] == 4
+    assert p["n_unknown_images"] == 0 and p["auroc"] is None and p["eval_n_images"] == 24 and "eval_auroc" not in p
+    assert op["absent_classes"] == ["bird"] and op["n_unlabeled"] == 36 and op["n_unknown_images"] == 12
+    assert op["n_images"] == 24 and op["n_classes"] == 3 and op["auroc"] is not None
+    assert op["eval_n_images"] == 16 and op["eval_n_unknown_images"] == 8 and op["eval_auroc"] is not None
+    rows = list(csv.DictReader(open(tmp_path / "open-partial" / "open_set.csv")))
+    assert len(rows) == 36 and {x["prediction"] for x in rows} <= {"airplane", "automobile", "bird"}
+    for args, msg in [(["--absent-classes", "zebra"], "--absent-classes zebra not among the known classes"),
+                      (["--n-absent", "3"], "--n-absent 3 leaves 1 of the 4 known classes"),
+                      (["--absent-classes", ","], "--absent-classes names no class"),
+                      (["--n-absent", "-1"], "--n-absent must be >= 0")]:
+        r = latteclip("run", "--method", "ueo", *args, *quick, "--out", tmp_path / "bad")
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "bad").exists()
+    flat = write_images(embedded, range(0, 5000, 250), tmp_path / "flat", layout="flat")
+    r = latteclip("run", "--method", "ueo-partial", "--data", flat, "--classes", "airplane,automobile,bird,cat",
+                  "--n-absent", "1", "--epochs", "1", "--out", tmp_path / "bad")
+    assert r.returncode == 2 and "take images out by their class folder" in r.stderr and not (tmp_path / "bad").exists()
