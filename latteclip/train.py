@@ -244,7 +244,7 @@ def predict(clip, ds, texts, P:Prototypes=None, feats:torch.Tensor=None,
     if P is not None: out["prototypes"] = clip.logit_scale * f @ P.P.cpu().T
     return out
 
-# %% ../nbs/15_train.ipynb 24
+# %% ../nbs/15_train.ipynb 25
 @torch.no_grad()
 def attention_rollout(clip, # a `Clip` whose vision tower is an open_clip ViT
                       x:torch.Tensor, # (B, 3, H, W) preprocessed images
