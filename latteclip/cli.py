@@ -265,6 +265,20 @@ def _pretrain_dino_command(sub):
                     "embedded target set, clean); none: skip")
     _checkpoint_args(pd)
 
+def _pretrain_vlm_command(sub):
+    "The `pretrain-vlm` sub-command: the project's own tiny LLaVA describer."
+    pv = sub.add_parser("pretrain-vlm", help="train the project's tiny LLaVA (the tiny CLIP's image tower, a small "
+                        "Llama) to describe images; use the folder with --describer transformers:<folder>")
+    pv.add_argument("--data", required=True,
+                    help="folder or .tar/.zip with one sub-folder per class (the pre-training images)")
+    _schedule_args(pv, "runs/vlm", 10, 64, 2e-3)
+    next(a for a in pv._actions if a.dest == "batch_size").help = "images per step (at least 2)"
+    pv.add_argument("--per-class", type=whole(1), default=None,
+                    help="at most this many training images per class (quick runs)")
+    pv.add_argument("--val-per-class", type=whole(1), default=50,
+                    help="held-out images per class for the caption check (default: 50)")
+    _checkpoint_args(pv)
+
 def _predict_command(sub):
     "The `predict` sub-command: a finished run's model and head on new images."
     pr = sub.add_parser("predict", help="predict new images with a finished run of any method: predictions.csv "
@@ -305,6 +319,7 @@ def parser()->argparse.ArgumentParser:
     _robustness_command(sub)
     _pretrain_command(sub)
     _pretrain_dino_command(sub)
+    _pretrain_vlm_command(sub)
     _predict_command(sub)
     _export_command(sub)
     _docs_command(sub)
@@ -455,6 +470,16 @@ def _pretrain_dino(args):
           f"held-out k-NN {log['epochs'][-1]['knn_val_top1']}%, k-NN on the target set "
           f"{log.get('knn_target_top1', 'n/a')}%, weights {log['weights']} ({log['weights_mb']} MB)")
 
+def _pretrain_vlm(args):
+    from latteclip.pretrain_vlm import pretrain_vlm
+    log = pretrain_vlm(args.data, args.out, args.epochs, args.batch_size, args.lr, val_per_class=args.val_per_class,
+                       per_class=args.per_class, seed=args.seed, precision=args.precision, resume=args.resume,
+                       device=args.device, stop_after=args.stop_after)
+    if "model" not in log: return
+    print(f"VLM pre-training on {log['config']['n_train']} images for {len(log['epochs'])} epochs in {log['seconds']}s: "
+          f"held-out captions naming the right class {log['epochs'][-1]['val_caption_top1']}%, model in "
+          f"{log['model']} (--describer transformers:{log['model']})")
+
 def _fullest(*paths)->Path:
     "Of `paths` (None skipped), the one on the device with the least free space."
     def free(p):
@@ -522,7 +547,8 @@ def _shifts(args):
     print("\n".join(f"{n}{'' if n == 'grayscale' else ':1..5'}" for n in sorted(SHIFTS)))
 
 COMMANDS = {"run": _run, "compare": _compare, "methods": _methods, "bench": _bench, "robustness": _robustness,
-            "pretrain": _pretrain, "pretrain-dino": _pretrain_dino, "predict": _predict, "export": _export,
+            "pretrain": _pretrain, "pretrain-dino": _pretrain_dino, "pretrain-vlm": _pretrain_vlm,
+            "predict": _predict, "export": _export,
             "docs": _docs,
             "shifts": _shifts}
 
