@@ -166,6 +166,9 @@ def table(d:Path, tree:Path)->list:
         *[(f, ["pretrain-dino", "--data", str(tree), "--out", "o", "--target", "none", f, v]) for f, v in
           [("--epochs", "0"), ("--batch-size", "1"), ("--lr", "inf"), ("--seed", str(2**40)), ("--n-local", "-1"),
            ("--per-class", "0"), ("--stop-after", "-1"), ("--device", "gpu0"), ("--target", str(d / "nowhere"))]],
+        *[(f, ["pretrain-vlm", "--data", str(tree), "--out", "o", f, v]) for f, v in
+          [("--epochs", "0"), ("--batch-size", "1"), ("--lr", "nan"), ("--seed", "-1"), ("--per-class", "0"),
+           ("--val-per-class", "0"), ("--stop-after", "0"), ("--device", "gpu0"), ("--data", str(d / "nowhere"))]],
         # predict, export, docs, bench
         ("--run", ["predict", "--run", str(d / "nowhere"), "--data", str(tree), "--out", "o"]),
         ("--run", ["predict", "--run", str(d / "folder"), "--data", str(tree), "--out", "o"]),
