@@ -22,7 +22,7 @@ from .loop import fit, LossStep
 from .distributed import Dist
 
 # %% auto 0
-__all__ = ['Captioner', 'PretrainLog', 'holdout', 'check_schedule', 'finish_pretraining', 'pretrain']
+__all__ = ['Captioner', 'PretrainLog', 'holdout', 'check_schedule', 'finish_pretraining', 'captioned_split', 'pretrain']
 
 # %% ../nbs/23_pretrain.ipynb 5
 class Captioner:
@@ -111,6 +111,27 @@ class _Tokens:
         if new: self.cache.update(zip(new, self.tokenizer(new)))
         return torch.stack([self.cache[c] for c in caps])
 
+def captioned_split(data:str, # image folder or .tar/.zip with one sub-folder per class
+                    val_per_class:int, # held-out images a class, drawn with `seed` (the same for every pre-training)
+                    per_class:int|None, # at most this many training images a class
+                    batch_size:int, seed:int,
+                   )->tuple:
+    ("`(ds, labels, val_idx, train_idx)` of a pre-training set; one sentence when it has no class sub-folders or "
+     "too few images.")
+    ds = open_data(data)                                   # every file checked: a bad one is skipped and listed
+    if not ds.has_labels:
+        raise LatteError("Pre-training needs class sub-folders (the folder names become the captions).")
+    lab = np.array(ds.labels)
+    few = [(c, int((lab == k).sum())) for k, c in enumerate(ds.classes) if (lab == k).sum() <= val_per_class]
+    if few:
+        raise LatteError(f"--val-per-class {val_per_class} leaves no training image of {few[0][0]} ({few[0][1]} "
+                         f"images): lower it.")
+    val_idx, tr_idx = holdout(lab, range(len(ds.classes)), lambda n: val_per_class, per_class,
+                              np.random.default_rng(seed))
+    if len(tr_idx) // batch_size == 0:
+        raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
+    return ds, lab, val_idx, tr_idx
+
 # %% ../nbs/23_pretrain.ipynb 8
 def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class (the pre-training images)
              out:str="runs/pretrain", # where checkpoints and the final weights go
@@ -125,18 +146,7 @@ def pretrain(data:str, # image folder or .tar/.zip with one sub-folder per class
     device = check_schedule(epochs, batch_size, lr, seed, per_class, stop_after, device,
                             (weight_decay >= 0, "--weight-decay must be at least 0"),
                             (val_per_class >= 1, "--val-per-class must be at least 1"))
-    ds = open_data(data)                                   # every file checked: a bad one is skipped and listed
-    if not ds.has_labels:
-        raise LatteError("Pre-training needs class sub-folders (the folder names become the captions).")
-    lab = np.array(ds.labels)
-    few = [(c, int((lab == k).sum())) for k, c in enumerate(ds.classes) if (lab == k).sum() <= val_per_class]
-    if few:
-        raise LatteError(f"--val-per-class {val_per_class} leaves no training image of {few[0][0]} ({few[0][1]} "
-                         f"images): lower it.")
-    val_idx, tr_idx = holdout(lab, range(len(ds.classes)), lambda n: val_per_class, per_class,
-                              np.random.default_rng(seed))
-    if len(tr_idx) // batch_size == 0:
-        raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
+    ds, lab, val_idx, tr_idx = captioned_split(data, val_per_class, per_class, batch_size, seed)
     out = out_dir(out)                                     # made once the settings and the data are good
     seed_everything(seed)
     clip = load_clip(TINY, pretrained="random", device=device)

@@ -22,7 +22,7 @@ from .dino import cosine
 from .hf import word_tokenizer
 from .texts import Request
 from .vlm import CIFAR10, LLAVA_TEMPLATE, tiny_corpus, TransformersDescriber
-from .pretrain import Captioner, PretrainLog, holdout, check_schedule
+from .pretrain import Captioner, PretrainLog, captioned_split, check_schedule
 
 # %% auto 0
 __all__ = ['VISION_PROMPT', 'clip_vision_tower', 'vlm_tokenizer', 'clip_llava', 'image_features', 'caption_logits', 'prompt_ids',
@@ -226,18 +226,8 @@ def pretrain_vlm(data:str, # image folder or .tar/.zip with one sub-folder per c
                             (0 <= keep <= 1, "keep must be from 0 to 1"),
                             (layers >= 1, "the decoder needs at least 1 layer"),
                             (width >= 8 and width % 8 == 0, "the decoder width must be a multiple of 8"))
-    ds = open_data(data)                                   # every file checked: a bad one is skipped and listed
-    if not ds.has_labels:
-        raise LatteError("Pre-training needs class sub-folders (the folder names become the captions).")
-    lab = np.array(ds.labels)
-    few = [(c, int((lab == k).sum())) for k, c in enumerate(ds.classes) if (lab == k).sum() <= val_per_class]
-    if few:
-        raise LatteError(f"--val-per-class {val_per_class} leaves no training image of {few[0][0]} ({few[0][1]} "
-                         f"images): lower it.")
-    val_idx, tr_idx = holdout(lab, range(len(ds.classes)), lambda n: val_per_class, per_class,
-                              np.random.default_rng(seed))  # the same held-out images as the tiny CLIP's `pretrain`
-    if len(tr_idx) // batch_size == 0:
-        raise LatteError(f"Only {len(tr_idx)} training images for a batch of {batch_size}: lower --batch-size.")
+    # the same held-out images as the tiny CLIP's `pretrain`
+    ds, lab, val_idx, tr_idx = captioned_split(data, val_per_class, per_class, batch_size, seed)
     out = out_dir(out)                                     # made once the settings and the data are good
     seed_everything(seed)
     clip = load_clip(device="cpu")
