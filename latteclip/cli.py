@@ -476,9 +476,9 @@ def _pretrain_vlm(args):
                        per_class=args.per_class, seed=args.seed, precision=args.precision, resume=args.resume,
                        device=args.device, stop_after=args.stop_after)
     if "model" not in log: return
-    print(f"VLM pre-training on {log['config']['n_train']} images for {len(log['epochs'])} epochs in {log['seconds']}s: "
-          f"held-out captions naming the right class {log['epochs'][-1]['val_caption_top1']}%, model in "
-          f"{log['model']} (--describer transformers:{log['model']})")
+    print(f"VLM pre-training on {log['config']['n_train']} images for {len(log['epochs'])} epochs "
+          f"in {log['seconds']}s: held-out captions naming the right class {log['epochs'][-1]['val_caption_top1']}%, "
+          f"model in {log['model']} (--describer transformers:{log['model']})")
 
 def _fullest(*paths)->Path:
     "Of `paths` (None skipped), the one on the device with the least free space."

@@ -36,7 +36,8 @@ def _activation(act)->str:
     name = type(act).__name__
     if name == "GELU" and getattr(act, "approximate", "none") == "none": return "gelu"
     if name == "QuickGELU": return "quick_gelu"
-    raise LatteError(f"The image tower's activation {name} has no CLIPVisionModel equivalent: use a GELU or QuickGELU ViT.")
+    raise LatteError(f"The image tower's activation {name} has no CLIPVisionModel equivalent: "
+                     "use a GELU or QuickGELU ViT.")
 
 def clip_vision_tower(clip=None, # a `Clip` with an open_clip ViT image tower; None: the shipped tiny CLIP
                      ):
