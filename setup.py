@@ -28,7 +28,7 @@ setuptools.setup(
     url=cfg["git_url"],
     packages=setuptools.find_packages(include=["latteclip", "latteclip.*"]),
     include_package_data=True,
-    package_data={"latteclip": ["assets/*"]},
+    package_data={"latteclip": ["assets/*", "assets/*/*"]},
     install_requires=requirements,
     extras_require={"dev": dev_requirements + tracking_requirements, "tracking": tracking_requirements},
     dependency_links=cfg.get("dep_links", "").split(),

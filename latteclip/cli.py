@@ -277,6 +277,8 @@ def _pretrain_vlm_command(sub):
                     help="at most this many training images per class (quick runs)")
     pv.add_argument("--val-per-class", type=whole(1), default=50,
                     help="held-out images per class for the caption check (default: 50)")
+    pv.add_argument("--groups", type=finite, default=0.25,
+                    help="2x2 collages of four same-class images to train on, per training image (default: 0.25)")
     _checkpoint_args(pv)
 
 def _predict_command(sub):
@@ -473,8 +475,8 @@ def _pretrain_dino(args):
 def _pretrain_vlm(args):
     from latteclip.pretrain_vlm import pretrain_vlm
     log = pretrain_vlm(args.data, args.out, args.epochs, args.batch_size, args.lr, val_per_class=args.val_per_class,
-                       per_class=args.per_class, seed=args.seed, precision=args.precision, resume=args.resume,
-                       device=args.device, stop_after=args.stop_after)
+                       per_class=args.per_class, seed=args.seed, precision=args.precision, groups=args.groups,
+                       resume=args.resume, device=args.device, stop_after=args.stop_after)
     if "model" not in log: return
     print(f"VLM pre-training on {log['config']['n_train']} images for {len(log['epochs'])} epochs "
           f"in {log['seconds']}s: held-out captions naming the right class {log['epochs'][-1]['val_caption_top1']}%, "

@@ -6,12 +6,12 @@
 from __future__ import annotations
 import os, importlib.util
 from pathlib import Path
-from .core import LatteError, default_device
+from .core import LatteError, default_device, ASSETS
 
 # %% auto 0
-__all__ = ['DTYPES', 'offline', 'first_line', 'check_dtype', 'check_4bit', 'folder_id', 'local_folder', 'hub_knows',
-           'local_first', 'model_kwargs', 'end_ids', 'word_tokenizer', 'load_lazily', 'LazyModel', 'cut_at_end',
-           'describer_repr']
+__all__ = ['DTYPES', 'offline', 'first_line', 'check_dtype', 'check_4bit', 'shipped_folder', 'folder_id', 'local_folder',
+           'hub_knows', 'local_first', 'model_kwargs', 'end_ids', 'word_tokenizer', 'load_lazily', 'LazyModel',
+           'cut_at_end', 'describer_repr']
 
 # %% ../nbs/02_hf.ipynb 5
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -37,11 +37,17 @@ def check_4bit():
         raise LatteError("4-bit loading needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes): "
                          "run on such a machine or leave 4-bit off.")
 
+def shipped_folder(model_id:str)->Path|None:
+    "The folder of the model shipped in `latteclip/assets` that `model_id` names (such as `latteclip-vlm`), or None."
+    ok = model_id and "/" not in model_id and "\\" not in model_id and not model_id.startswith((".", "~"))
+    return ASSETS / model_id if ok and (ASSETS / model_id / "config.json").is_file() else None
+
 def folder_id(model_id:str)->str:
     ("For a model in a local folder, a hash of the content of its files (weights, configs, tokenizer), so a "
      "describer's texts are regenerated when the model changes; '' for a Hub id (its name is all that is known).")
     p = Path(model_id).expanduser()
-    if not p.is_dir(): return ""
+    if not p.is_dir(): p = shipped_folder(model_id)
+    if p is None: return ""
     from latteclip.pseudolabels import file_hash
     from latteclip.core import stable_hash
     files = sorted(f for f in p.rglob("*")
@@ -49,9 +55,11 @@ def folder_id(model_id:str)->str:
     return stable_hash(*[(str(f.relative_to(p)), file_hash(f)) for f in files], n=12)
 
 def local_folder(model_id:str)->Path|None:
-    "The folder `model_id` names, None for a Hub id; a `LatteError` for a path that is not a folder."
+    ("The folder `model_id` names (a path, or the name of a model shipped in `latteclip/assets` such as "
+     "`latteclip-vlm`), None for a Hub id; a `LatteError` for a path that is not a folder.")
     p = Path(model_id).expanduser()
     if p.is_dir(): return p
+    if shipped_folder(model_id): return shipped_folder(model_id)
     if model_id.startswith(("/", "./", "../", "~", ".\\")) or model_id.count("/") > 1:
         raise LatteError(f"The model folder {model_id} does not exist: pass a folder written by save_pretrained, or a "
                          "Hub id such as llava-hf/llava-v1.6-mistral-7b-hf.")

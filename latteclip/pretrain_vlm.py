@@ -13,23 +13,25 @@ import torch, torch.nn.functional as F
 from PIL import Image
 from .core import LatteError, seed_everything, out_dir, write_json, peak_rss_mb
 from .data import open_data
-from .attributes import caption, ADJECTIVES, SIZES, COLOURS
+from .attributes import caption, measure, ADJECTIVES, SIZES, COLOURS
 from .models import load_clip
 from .pixels import load_pixels, normalizer, param_groups
 from .loop import fit, LossStep
 from .distributed import Dist
 from .dino import cosine
 from .hf import word_tokenizer
-from .texts import Request
+from .texts import Request, IMAGE_PROMPT, GROUP_PROMPT, collage, describe_shared
 from .vlm import CIFAR10, LLAVA_TEMPLATE, tiny_corpus, TransformersDescriber
 from .pretrain import Captioner, PretrainLog, captioned_split, check_schedule
 
 # %% auto 0
-__all__ = ['VISION_PROMPT', 'clip_vision_tower', 'vlm_tokenizer', 'clip_llava', 'image_features', 'caption_logits', 'prompt_ids',
-           'CaptionBatch', 'caption_loss', 'named_class', 'describe_images', 'caption_top1', 'pretrain_vlm']
+__all__ = ['VISION_PROMPT', 'GROUP_VISION_PROMPT', 'clip_vision_tower', 'vlm_tokenizer', 'clip_llava', 'image_features',
+           'caption_logits', 'prompt_ids', 'CaptionBatch', 'caption_loss', 'named_class', 'describe_images',
+           'caption_top1', 'draw_groups', 'collages', 'collage_pixels', 'group_captions', 'pretrain_vlm']
 
 # %% ../nbs/26_pretrain_vlm.ipynb 5
-VISION_PROMPT = "What does this image show? Answer in one short sentence."
+VISION_PROMPT = IMAGE_PROMPT.format(name="", domain="")         # what a LatteCLIP run asks of each image
+GROUP_VISION_PROMPT = GROUP_PROMPT.format(name="", domain="")   # ... and of each 2x2 collage
 
 def _activation(act)->str:
     "The name transformers gives to open_clip's MLP activation."
@@ -72,11 +74,11 @@ def clip_vision_tower(clip=None, # a `Clip` with an open_clip ViT image tower; N
 # %% ../nbs/26_pretrain_vlm.ipynb 9
 def vlm_tokenizer(classes:list=CIFAR10, # the class names the captions use
                  ):
-    ("The word-level tokenizer of the tiny LLaVA: the words of `tiny_corpus()` (the project's prompts), of "
-     "`VISION_PROMPT` and of every caption of `classes`.")
+    ("The word-level tokenizer of the tiny LLaVA: the words of `tiny_corpus()` (the project's prompts) and of every "
+     "caption of `classes`.")
     from tokenizers import decoders
     words = [caption(c) for c in classes] + [" ".join(ADJECTIVES + SIZES + COLOURS)]
-    tok = word_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], tiny_corpus() + [VISION_PROMPT] + words,
+    tok = word_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], tiny_corpus() + words,
                          bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     tok.backend_tokenizer.decoder = decoders.WordPiece(cleanup=True)    # "background ." decodes as "background."
     return tok
@@ -150,24 +152,28 @@ def prompt_ids(describer:TransformersDescriber, size:int, # the describer of the
 
 class CaptionBatch:
     "Training sequences: the prompt as the describer sends it, then the caption and the end token; labels only there."
-    def __init__(self, tokenizer, prompt:torch.Tensor):
-        self.tok, self.prompt, self.cache = tokenizer, prompt, {}
+    def __init__(self, tokenizer, prompt:torch.Tensor, # the image prompt's ids (`prompt_ids`)
+                 group_prompt:torch.Tensor=None): # the collage prompt's ids
+        self.tok, self.prompt, self.group_prompt, self.cache = tokenizer, prompt, group_prompt, {}
     def ids(self, caps:list)->list:
         new = [c for c in dict.fromkeys(caps) if c not in self.cache]
         if new:
             for c, t in zip(new, self.tok(new, add_special_tokens=False)["input_ids"]):
                 self.cache[c] = t + [self.tok.eos_token_id]
         return [self.cache[c] for c in caps]
-    def __call__(self, caps:list)->tuple:
+    def __call__(self, caps:list, group=None, # per caption: True where it is a collage's (the group prompt)
+                )->tuple:
         "`(input ids, attention mask, labels)` (B, L), padded on the right; -100 marks what is not learned."
-        rows, P = self.ids(caps), len(self.prompt)
-        L = P + max(map(len, rows))
+        rows = self.ids(caps)
+        prompts = [self.group_prompt if g else self.prompt for g in (group if group is not None else [False] * len(rows))]
+        L = max(len(p) + len(r) for p, r in zip(prompts, rows))
         ids = torch.full((len(rows), L), self.tok.pad_token_id)
         labels, mask = torch.full_like(ids, -100), torch.zeros_like(ids)
-        ids[:, :P], mask[:, :P] = self.prompt, 1
-        for i, r in enumerate(rows):
+        for i, (p, r) in enumerate(zip(prompts, rows)):
+            P = len(p)
+            ids[i, :P] = p
             ids[i, P:P + len(r)] = labels[i, P:P + len(r)] = torch.tensor(r)
-            mask[i, P:P + len(r)] = 1
+            mask[i, :P + len(r)] = 1
         return ids, mask, labels
 
 def caption_loss(logits:torch.Tensor, labels:torch.Tensor)->torch.Tensor:
@@ -193,6 +199,27 @@ def caption_top1(texts:list, labels, classes:list)->float:
     return 100. * float(np.mean([named_class(t, classes) == classes[y] for t, y in zip(texts, labels)]))
 
 # %% ../nbs/26_pretrain_vlm.ipynb 19
+def draw_groups(labels:np.ndarray, n:int, rng:np.random.Generator)->np.ndarray:
+    "`n` groups of four distinct images of one class (the classes in turn), as (n, 4) indices into `labels`."
+    by = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    return np.array([rng.choice(by[j % len(by)], 4, replace=len(by[j % len(by)]) < 4) for j in range(n)],
+                    dtype=int).reshape(n, 4)
+
+def collages(pixels:np.ndarray, groups:np.ndarray)->list:
+    "The 2x2 collage (`texts.collage`, as a LatteCLIP run makes it) of each group of `pixels`."
+    return [collage([Image.fromarray(pixels[i]) for i in g]) for g in groups]
+
+def collage_pixels(pixels:np.ndarray, groups:np.ndarray, size:int)->np.ndarray:
+    ("Each group's collage shrunk to `size` px as the processor shrinks it (bicubic), uint8 (G, size, size, 3); one "
+     "full-size collage at a time (each is 1.4 MB).")
+    out = np.empty((len(groups), size, size, 3), np.uint8)
+    for j, g in enumerate(groups): out[j] = np.asarray(collages(pixels, g[None])[0].resize((size, size), Image.BICUBIC))
+    return out
+
+def group_captions(pixels:np.ndarray, groups:np.ndarray, labels, classes)->list:
+    "Each group's caption: its class and the measured attributes at least three of its four images share."
+    return [describe_shared(measure(pixels[g]), classes[labels[g[0]]]) for g in groups]
+
 def _save_model(model, processor, out:Path):
     "`save_pretrained` of model and processor into `out` through a temporary folder: a failure leaves no half model."
     import transformers
@@ -215,6 +242,7 @@ def pretrain_vlm(data:str, # image folder or .tar/.zip with one sub-folder per c
                  flip:bool=True, # also train on the mirrored images (their features are cached too)
                  # the chance that a caption keeps each measured attribute (the tiny CLIP's captions: 0.5)
                  keep:float=1.0,
+                 groups:float=0.25, # 2x2 collages of four same-class training images, per training image
                  resume:bool=False, device=None,
                  stop_after:int=None, # stop (with a checkpoint to resume from) after this epoch
                  n_examples:int=10, # held-out generations kept in the log (one per class first)
@@ -225,6 +253,7 @@ def pretrain_vlm(data:str, # image folder or .tar/.zip with one sub-folder per c
                             (weight_decay >= 0, "--weight-decay must be at least 0"),
                             (val_per_class >= 1, "--val-per-class must be at least 1"),
                             (0 <= keep <= 1, "keep must be from 0 to 1"),
+                            (groups >= 0, "--groups must be at least 0"),
                             (layers >= 1, "the decoder needs at least 1 layer"),
                             (width >= 8 and width % 8 == 0, "the decoder width must be a multiple of 8"))
     # the same held-out images as the tiny CLIP's `pretrain`
@@ -238,16 +267,26 @@ def pretrain_vlm(data:str, # image folder or .tar/.zip with one sub-folder per c
     tr_px, va_px, norm = pixels[tr_idx], pixels[val_idx], normalizer(clip)
     # the tower is frozen: its features are computed once (kept in float16), for the images and their mirror images
     views = torch.stack([image_features(model, tr_px, norm, f).half() for f in ((False, True) if flip else (False,))])
+    # collages of same-class images, captioned with what they share, asked with the group prompt; shrunk to the
+    # tower's side as the processor shrinks a run's collages
+    g_rng, n_tr = np.random.default_rng([seed, 4]), len(tr_idx)
+    tr_groups = draw_groups(lab[tr_idx], round(groups * n_tr), g_rng)
+    gviews = (image_features(model, collage_pixels(tr_px, tr_groups, clip.image_size), norm).half() if len(tr_groups)
+              else views[0, :0])
+    g_caps = group_captions(tr_px, tr_groups, lab[tr_idx], ds.classes)
+    va_groups = draw_groups(lab[val_idx], (val_per_class // 4) * len(ds.classes) if groups else 0, g_rng)
     describer = TransformersDescriber("clip-llava", model=model, processor=proc)
-    batches = CaptionBatch(proc.tokenizer, prompt_ids(describer, clip.image_size))
+    batches = CaptionBatch(proc.tokenizer, prompt_ids(describer, clip.image_size),
+                           prompt_ids(describer, clip.image_size, GROUP_VISION_PROMPT))
     captioner, dist = Captioner(tr_px, lab[tr_idx], ds.classes, keep), Dist(device, precision)
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
-    steps = len(tr_idx) // batch_size
+    steps = (n_tr + len(tr_groups)) // batch_size
     total, warmup = epochs * steps, max(1, round(0.03 * epochs * steps))    # LLaVA's 3% warm-up, then cosine
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s + 1, total + 1, 1., 0., warmup))
     hist = PretrainLog(dict(data=str(data), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                             n_train=len(tr_idx), n_val=len(val_idx), seed=seed, bf16=dist.precision == "bf16",
-                            flip=flip, keep=keep, prompt=VISION_PROMPT, classes=list(ds.classes),
+                            flip=flip, keep=keep, groups=groups, n_groups=len(tr_groups), prompt=VISION_PROMPT,
+                            group_prompt=GROUP_VISION_PROMPT, classes=list(ds.classes),
                             model=dict(vision="latteclip-tiny (frozen)", decoder_layers=layers, decoder_width=width,
                                        vocabulary=len(proc.tokenizer), image_tokens=model.config.image_seq_length)))
     if ds.skipped:                                         # listed in vlm.json
@@ -257,25 +296,37 @@ def pretrain_vlm(data:str, # image folder or .tar/.zip with one sub-folder per c
         with dist.autocast(): return caption_loss(caption_logits(model, ids, mask, feats), labels)
     step_fn, dist_opt = dist.prepare(LossStep(forward, model=model), opt)
     draws, last = {}, {}
+    def captions(idx:list, rng)->list:                     # indices from n_tr on are the collages'
+        out, im = [g_caps[i - n_tr] if i >= n_tr else None for i in idx], [i for i in idx if i < n_tr]
+        drawn = iter(captioner(im, rng))
+        return [c if c is not None else next(drawn) for c in out]
     def begin_epoch(epoch, batches_, done):                # the captions' generator; replays the steps done
         draws["rng"] = np.random.default_rng([seed, epoch])
-        for b in batches_[:done]: captioner(b.tolist(), draws["rng"])
+        for b in batches_[:done]: captions(b.tolist(), draws["rng"])
     def batch(idx, g):
         view = (torch.rand(len(idx), generator=g) < 0.5).long() if flip else torch.zeros(len(idx), dtype=torch.long)
-        ids, mask, labels = batches(captioner(idx.tolist(), draws["rng"]))
-        return ids.to(device), mask.to(device), labels.to(device), views[view, idx].float().to(device)
+        grp = idx >= n_tr
+        ids, mask, labels = batches(captions(idx.tolist(), draws["rng"]), grp.tolist())
+        feats = torch.empty((len(idx),) + views.shape[2:], dtype=views.dtype)
+        feats[~grp] = views[view[~grp], idx[~grp]]
+        feats[grp] = gviews[idx[grp] - n_tr]
+        return ids.to(device), mask.to(device), labels.to(device), feats.float().to(device)
     def end_epoch(h, epoch, parts, seconds):
         texts = describe_images(model, proc, [Image.fromarray(p) for p in va_px])
         val, loss = caption_top1(texts, lab[val_idx], ds.classes), float(np.mean([p[0] for p in parts]))
-        h.epochs.append(dict(epoch=epoch + 1, loss=loss, val_caption_top1=round(val, 2), seconds=round(seconds, 1),
-                             lr=sched.get_last_lr()[0]))
-        print(f"epoch {epoch + 1}/{epochs}: loss {loss:.3f}, held-out captions naming the class {val:.1f}%, "
+        rec = dict(epoch=epoch + 1, loss=loss, val_caption_top1=round(val, 2))
+        if len(va_groups):
+            gt = describe_images(model, proc, collages(va_px, va_groups), GROUP_VISION_PROMPT)
+            rec["val_group_caption_top1"] = round(caption_top1(gt, lab[val_idx][va_groups[:, 0]], ds.classes), 2)
+        h.epochs.append(dict(rec, seconds=round(seconds, 1), lr=sched.get_last_lr()[0]))
+        grp = f", collages {rec['val_group_caption_top1']:.1f}%" if len(va_groups) else ""
+        print(f"epoch {epoch + 1}/{epochs}: loss {loss:.3f}, held-out captions naming the class {val:.1f}%{grp}, "
               f"{seconds:.0f}s", flush=True)
         ex = [dict(label=ds.classes[y], text=t) for t, y in zip(texts, lab[val_idx])]
         last["examples"] = (ex[::val_per_class] + [e for j, e in enumerate(ex) if j % val_per_class])[:n_examples]
         write_json(asdict(h), out / "vlm.json")
     cfg = SimpleNamespace(epochs=epochs, batch_size=batch_size, seed=seed, lr=lr)
-    hist = fit("pretrain-vlm", len(tr_idx), cfg, model, opt, sched, dist, step_fn, dist_opt, batch,
+    hist = fit("pretrain-vlm", n_tr + len(tr_groups), cfg, model, opt, sched, dist, step_fn, dist_opt, batch,
                loss=lambda inputs, idx, mine, j: (step_fn(*[x[mine] for x in inputs]), None),
                record=lambda l, aux, idx, mine, j: l.item(), summarise=lambda micro: (float(np.mean(micro)),),
                end_epoch=end_epoch, hist=hist, restore=model.load_state_dict, out=out, resume=resume,

@@ -20,10 +20,10 @@ __all__ = ['IMAGE_PROMPT', 'GROUP_PROMPT', 'COLLAGE', 'GAP', 'Request', 'collage
            'describe_all', 'synthetic_texts', 'TextGen']
 
 # %% ../nbs/11_texts.ipynb 6
-IMAGE_PROMPT = ("Describe the {name} in this {domain}photo in one short sentence: its colour, its size, the background "
-                "colour and whether the photo is dark, bright, faded, grainy or blurry.")
-GROUP_PROMPT = ("These four {domain}photos all show a {name}. In one short sentence, describe what they have in "
-                "common: colour, size, background colour and whether they are dark, bright, faded, grainy or blurry.")
+IMAGE_PROMPT = ("What does this {domain}photo show? In one short sentence, name the main object and describe its colour, "
+                "its size, the background and whether the photo is dark, bright, faded, grainy or blurry.")
+GROUP_PROMPT = ("What do these four {domain}photos have in common? In one short sentence, name the object they show and "
+                "describe its colour, its size, the background and whether they are dark, bright, faded, grainy or blurry.")
 
 @dataclass
 class Request:
@@ -38,10 +38,10 @@ class Request:
     def get_image(self)->Image.Image:
         if self.image is None: self.image = self.load()
         return self.image
-    def cache_key(self, describer_id:str)->str:
-        "The cache key: the picture's content, the describer and the prompt."
+    def cache_key(self, describer_id:str, with_name:bool=False)->str:
+        "The cache key: the picture's content, the describer and the prompt (and the class name, `with_name`)."
         content = self.content or stable_hash(np.asarray(self.get_image().convert("RGB")), self.get_image().size)
-        return stable_hash(content, describer_id, self.prompt, n=24)
+        return stable_hash(content, describer_id, self.prompt, *([self.name] if with_name else []), n=24)
 
 # %% ../nbs/11_texts.ipynb 8
 COLLAGE, GAP = 672, 20
@@ -89,6 +89,7 @@ class AttributeDescriber:
     ("The offline describer: measured attributes in words; no model. Its `id` (which names its texts in the cache) is "
      "a hash of the code that picks the words, so an edited word or threshold never reuses stale texts.")
     batch_size = 256
+    reads_name = True   # its texts name `Request.name`, so the cache keys include it
     @property
     def id(self)->str:
         import latteclip.attributes as attributes
@@ -327,7 +328,7 @@ def describe_all(describer, requests:list, cache:TextCache, desc:str="describing
             pg.wait_for_everyone()
             cache.reload()
     merged()
-    keys = [r.cache_key(describer.id) for r in requests]
+    keys = [r.cache_key(describer.id, getattr(describer, "reads_name", False)) for r in requests]
     todo = [j for j, k in enumerate(keys) if k not in cache]
     seen, first = set(), []
     for j in todo:                                                        # one call per distinct key, in order

@@ -168,7 +168,8 @@ def table(d:Path, tree:Path)->list:
            ("--per-class", "0"), ("--stop-after", "-1"), ("--device", "gpu0"), ("--target", str(d / "nowhere"))]],
         *[(f, ["pretrain-vlm", "--data", str(tree), "--out", "o", f, v]) for f, v in
           [("--epochs", "0"), ("--batch-size", "1"), ("--lr", "nan"), ("--seed", "-1"), ("--per-class", "0"),
-           ("--val-per-class", "0"), ("--stop-after", "0"), ("--device", "gpu0"), ("--data", str(d / "nowhere"))]],
+           ("--val-per-class", "0"), ("--stop-after", "0"), ("--device", "gpu0"), ("--data", str(d / "nowhere")),
+           ("--groups", "-0.5"), ("--groups", "inf")]],
         # predict, export, docs, bench
         ("--run", ["predict", "--run", str(d / "nowhere"), "--data", str(tree), "--out", "o"]),
         ("--run", ["predict", "--run", str(d / "folder"), "--data", str(tree), "--out", "o"]),

@@ -9,8 +9,9 @@ from latteclip.models import load_clip
 from latteclip.pixels import normalizer
 from latteclip.texts import Request
 from latteclip.vlm import load_vlm, TransformersDescriber
-from latteclip.pretrain_vlm import (VISION_PROMPT, clip_vision_tower, clip_llava, image_features, caption_logits,
-                                    CaptionBatch, prompt_ids, named_class, pretrain_vlm)
+from latteclip.pretrain_vlm import (VISION_PROMPT, GROUP_VISION_PROMPT, clip_vision_tower, clip_llava, image_features,
+                                    caption_logits, CaptionBatch, prompt_ids, named_class, pretrain_vlm,
+                                    collage_pixels, collages, draw_groups)
 from conftest import latteclip
 
 
@@ -60,6 +61,21 @@ def test_training_sees_what_the_describer_sends(clip, embedded):
         direct = model(input_ids=ids, attention_mask=mask,
                        pixel_values=proc.image_processor(ims, return_tensors="pt")["pixel_values"]).logits
     assert torch.allclose(cached, direct, atol=1e-5)
+    # a collage's row: the group prompt as the describer sends it with the collage, its caption after it
+    G = prompt_ids(d, 32, GROUP_VISION_PROMPT)
+    px = np.stack([np.asarray(embedded.image(i)) for i in range(8)])
+    col = collages(px, np.array([[0, 1, 2, 3]]))[0]
+    assert torch.equal(d.inputs([Request("group", col, "", GROUP_VISION_PROMPT)])["input_ids"][0], G)
+    ids, mask, labels = CaptionBatch(tok, P, G)(caps, [False, True])
+    assert torch.equal(ids[1][:len(G)], G) and torch.equal(ids[0][:len(P)], P)
+    assert tok.decode(labels[1][labels[1] != -100].tolist(), skip_special_tokens=True) == caps[1]
+    assert (labels[1, :len(G)] == -100).all() and mask[1].sum() == len(G) + len(labels[1][labels[1] != -100])
+    shrunk = collage_pixels(px, np.array([[0, 1, 2, 3]]), 32)                  # as the processor shrinks it
+    assert torch.allclose(normalizer(clip)(torch.from_numpy(shrunk).permute(0, 3, 1, 2).float() / 255.),
+                          proc.image_processor([col], return_tensors="pt")["pixel_values"], atol=0.02)
+    g = draw_groups(np.array([0] * 5 + [1] * 3), 4, np.random.default_rng(0))
+    assert g.shape == (4, 4) and (g[::2] < 5).all() and (g[1::2] >= 5).all() and len(set(g[0])) == 4
+    assert "{name}" not in VISION_PROMPT + GROUP_VISION_PROMPT and "cat" not in VISION_PROMPT
     assert named_class("a dark photo of a small cat on a dog background.", embedded.classes) == "cat"
     assert named_class("a photo of a catamaran.", embedded.classes) is None
 
@@ -68,6 +84,7 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads_as_a_describer(small
     kw = dict(epochs=2, batch_size=16, lr=2e-3, val_per_class=4, device="cpu", precision="fp32")
     full = pretrain_vlm(str(small_tree), out=tmp_path / "a", **kw)
     assert full["config"]["n_train"] == 48 and full["config"]["n_val"] == 12 and len(full["epochs"]) == 2
+    assert full["config"]["n_groups"] == 12 and all("val_group_caption_top1" in e for e in full["epochs"])
     assert full["epochs"][1]["loss"] < full["epochs"][0]["loss"]
     assert [e["label"] for e in full["examples"]][:4] == ["airplane", "automobile", "bird", "airplane"]   # one a class first
     assert json.loads((tmp_path / "a" / "vlm.json").read_text())["epochs"] == full["epochs"]
@@ -89,7 +106,15 @@ def test_training_lowers_the_loss_resumes_exactly_and_loads_as_a_describer(small
     assert len(texts) == 2 and all(t.strip() for t in texts)
 
 
-@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--data", "nowhere"), ("--val-per-class", "20")])
+def test_without_collages(small_tree, tmp_path):
+    log = pretrain_vlm(str(small_tree), out=tmp_path, epochs=1, batch_size=16, val_per_class=4, device="cpu",
+                       precision="fp32", groups=0)
+    assert log["config"]["n_groups"] == 0 and "val_group_caption_top1" not in log["epochs"][0]
+    assert (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--data", "nowhere"), ("--val-per-class", "20"),
+                                        ("--groups", "-1"), ("--groups", "nan")])
 def test_a_bad_flag_is_one_sentence_and_writes_nothing(small_tree, tmp_path, flag, value):
     argv = {"--data": str(small_tree), "--out": "o", "--epochs": "1", flag: value}
     r = latteclip("pretrain-vlm", *[x for kv in argv.items() for x in kv], cwd=tmp_path)

@@ -169,3 +169,18 @@ def test_cli_valid_cache_is_used_and_torn_record_repaired(small_tree, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "torn" / "metrics.json").read_text())["text_calls"] == 0
     assert cache.read_bytes() == made                                       # only the torn record was cut
+
+
+def test_a_describer_that_reads_the_name_is_cached_per_name(embedded, tmp_path):
+    "The prompts name no class; the offline describer writes the request's name, so its cache keys include it."
+    from latteclip.texts import Request, AttributeDescriber, IMAGE_PROMPT, describe_all
+    assert "{name}" not in IMAGE_PROMPT and AttributeDescriber.reads_name
+    cache, prompt = TextCache(tmp_path / "t.jsonl"), IMAGE_PROMPT.format(name="cat", domain="")
+    req = lambda name: Request("image", embedded.image(3), name, prompt, embedded.keys[3])
+    (cat,), made = describe_all(AttributeDescriber(), [req("cat")], cache, "image")
+    (dog,), again = describe_all(AttributeDescriber(), [req("dog")], cache, "image")
+    assert made == again == 1 and "cat" in cat and "dog" in dog and "cat" not in dog
+    (cat2,), none = describe_all(AttributeDescriber(), [req("cat")], cache, "image")
+    assert none == 0 and cat2 == cat
+    # a describer that looks only at the picture keys without the name: a new pseudo-label reuses its text
+    assert req("cat").cache_key("m") == req("dog").cache_key("m") != req("dog").cache_key("m", with_name=True)
