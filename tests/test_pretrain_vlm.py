@@ -120,3 +120,18 @@ def test_a_bad_flag_is_one_sentence_and_writes_nothing(small_tree, tmp_path, fla
     r = latteclip("pretrain-vlm", *[x for kv in argv.items() for x in kv], cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and flag in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not os.listdir(tmp_path)
+
+
+def test_the_shipped_describer_loads_by_name_and_names_what_it_sees(embedded):
+    from latteclip.core import asset
+    from latteclip.report import make_describer
+    log = json.loads(asset("vlm.json").read_text())                         # the log of the run that made it
+    assert log["config"]["n_train"] == 44500 and log["config"]["prompt"] == VISION_PROMPT
+    assert log["config"]["group_prompt"] == GROUP_VISION_PROMPT and log["epochs"][-1]["val_caption_top1"] > 70
+    d = make_describer("transformers:latteclip-vlm")                        # what --describer builds, by name
+    assert d.id.startswith("transformers:latteclip-vlm:")
+    idx = list(range(7, 5000, 100))                                         # 5 clean target images a class
+    texts = d.describe([Request("image", embedded.image(i), "", VISION_PROMPT) for i in idx])
+    named = [named_class(t, embedded.classes) for t in texts]
+    right = sum(n == embedded.classes[embedded.labels[i]] for n, i in zip(named, idx))
+    assert None not in named and right >= 25, (right, texts[:5])              # measured 38 of 50; chance is 5

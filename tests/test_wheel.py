@@ -27,7 +27,9 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     whl, = (tmp_path / "dist").glob("latteclip-*.whl")
     names = zipfile.ZipFile(whl).namelist()
     for a in ("latteclip-tiny.safetensors", "latteclip-tiny.json", "cifar10-target.zip",
-              "latteclip-dino-tiny.safetensors", "dino.json", "descriptors-cifar10.json"):   # NoLA's DINO and descriptions too
+              "latteclip-dino-tiny.safetensors", "dino.json", "descriptors-cifar10.json",   # NoLA's DINO and descriptions too
+              "vlm.json", "latteclip-vlm/config.json", "latteclip-vlm/model.safetensors",     # the shipped describer
+              "latteclip-vlm/tokenizer.json", "latteclip-vlm/processor_config.json", "latteclip-vlm/chat_template.jinja"):
         assert f"latteclip/assets/{a}" in names
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
